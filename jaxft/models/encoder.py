@@ -1,0 +1,201 @@
+"""The BERT-family encoder in Flax NNX, one implementation for every family in `config.FAMILIES`.
+
+Attribute names are Hugging Face's BERT names, so a parameter path reads like the checkpoint key
+("encoder.layer.3.attention.self.query.kernel" <-> "encoder.layer.3.attention.self.query.weight").
+Parameters are float32; `dtype` is the compute dtype. Kernels carry logical axis names
+("embed", "mlp", "heads", "vocab") as metadata; a mesh and axis rules turn them into shardings.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxft.models.config import EncoderConfig
+
+INIT_STD = 0.02  # Hugging Face's initializer_range for every family here
+
+
+def _axes(*names):
+    # Logical names only: eager sharding would demand a mesh at construction time.
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+def dense(in_features: int, out_features: int, axes: tuple, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(INIT_STD), bias_init=nnx.initializers.zeros_init(),
+        kernel_metadata=_axes(*axes), bias_metadata=_axes(axes[-1]), rngs=rngs)
+
+
+def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                         scale_metadata=_axes("norm"), bias_metadata=_axes("norm"), rngs=rngs)
+
+
+def embed(num: int, features: int, axes: tuple, *, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(num, features, dtype=dtype, param_dtype=jnp.float32,
+                     embedding_init=nnx.initializers.normal(INIT_STD),
+                     embedding_metadata=_axes(*axes), rngs=rngs)
+
+
+def activation(name: str):
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    return {"relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu, "tanh": jnp.tanh}[name]
+
+
+def default_position_ids(config: EncoderConfig, input_ids: jax.Array) -> jax.Array:
+    if config.family.positions == "after_padding":
+        # RoBERTa numbers real tokens from pad_token_id + 1 and gives padding the pad position.
+        not_pad = (input_ids != config.pad_token_id).astype(jnp.int32)
+        return jnp.cumsum(not_pad, axis=1) * not_pad + config.pad_token_id
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+
+
+def attention_mask_4d(attention_mask: jax.Array) -> jax.Array:
+    """[B, S] key padding mask, or [B, T, S] per-query mask (packed rows) -> boolean [B, 1, T|1, S]."""
+    mask = attention_mask.astype(bool)
+    return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        width = config.embedding_size
+        self.word_embeddings = embed(config.vocab_size, width, ("vocab", "embed"), dtype=dtype, rngs=rngs)
+        self.position_embeddings = embed(config.max_position_embeddings, width, (None, "embed"),
+                                         dtype=dtype, rngs=rngs)
+        if config.family.token_types:
+            self.token_type_embeddings = embed(config.type_vocab_size, width, (None, "embed"),
+                                               dtype=dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(width, config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+
+    def __call__(self, input_ids, position_ids, token_type_ids):
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        if hasattr(self, "token_type_embeddings"):
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        width = config.hidden_size
+        self.num_heads = config.num_heads
+        self.query = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.key = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.value = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.attention_dropout, rngs=rngs)
+
+    def _heads(self, x):
+        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+
+    def __call__(self, x, mask):
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if self.dropout.deterministic or self.dropout.rate == 0.0:
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            context = self._attention_with_dropout(q, k, v, mask)
+        return context.reshape(*context.shape[:-2], -1)
+
+    def _attention_with_dropout(self, q, k, v, mask):
+        # dot_product_attention has no dropout on the probabilities; training with attention dropout
+        # (as the checkpoints were trained) takes this explicit path.
+        scale = q.shape[-1] ** -0.5
+        logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = self.dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
+        return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+class DenseResidualNorm(nnx.Module):
+    """dense -> dropout -> LayerNorm(x + residual): BERT's SelfOutput and Output."""
+
+    def __init__(self, in_features: int, config: EncoderConfig, axes: tuple, *, dtype, rngs: nnx.Rngs):
+        self.dense = dense(in_features, config.hidden_size, axes, dtype=dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+
+    def __call__(self, x, residual):
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.self = SelfAttention(config, dtype=dtype, rngs=rngs)
+        self.output = DenseResidualNorm(config.hidden_size, config, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class Intermediate(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.dense = dense(config.hidden_size, config.intermediate_size, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.hidden_act = config.hidden_act
+
+    def __call__(self, x):
+        return activation(self.hidden_act)(self.dense(x))
+
+
+class Layer(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.attention = Attention(config, dtype=dtype, rngs=rngs)
+        self.intermediate = Intermediate(config, dtype=dtype, rngs=rngs)
+        self.output = DenseResidualNorm(config.intermediate_size, config, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, mask):
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class LayerStack(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.layer = nnx.List([Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
+
+    def __call__(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class Pooler(nnx.Module):
+    """BERT's pooler: tanh(dense(first token))."""
+
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.dense = dense(config.hidden_size, config.hidden_size, ("embed", None), dtype=dtype, rngs=rngs)
+
+    def __call__(self, hidden):
+        return jnp.tanh(self.dense(hidden[:, 0]))
+
+
+class Encoder(nnx.Module):
+    """Embeddings + transformer layers (+ BERT's pooler when asked): Hugging Face's `<Family>Model`."""
+
+    def __init__(self, config: EncoderConfig, *, add_pooler: bool = False, dtype=jnp.float32,
+                 hf_config_json: str = "{}", rngs: nnx.Rngs):
+        self.config = config
+        self.hf_config_json = hf_config_json  # the source config.json, kept for save_pretrained
+        self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
+        if config.embedding_size != config.hidden_size:  # ELECTRA's small embeddings
+            self.embeddings_project = dense(config.embedding_size, config.hidden_size, (None, "embed"),
+                                            dtype=dtype, rngs=rngs)
+        self.encoder = LayerStack(config, dtype=dtype, rngs=rngs)
+        if add_pooler:
+            self.pooler = Pooler(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        """Last hidden states [batch, seq, hidden]. attention_mask: [B, S] padding or [B, T, S] packed rows."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if position_ids is None:
+            position_ids = default_position_ids(self.config, input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, position_ids, token_type_ids)
+        if hasattr(self, "embeddings_project"):
+            x = self.embeddings_project(x)
+        return self.encoder(x, attention_mask_4d(attention_mask))

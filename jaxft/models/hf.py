@@ -1,0 +1,371 @@
+"""Hugging Face folder <-> NNX model: resolve a path or hub id, read weights, map names, write folders.
+
+Our parameter paths are Hugging Face's BERT names with NNX leaf names ("...query.kernel"); `hf_key` turns
+one into the family's checkpoint key ("...query.weight", transposed), so loading and saving are the same
+table read in two directions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxft.models.config import EncoderConfig, read_hf_config
+from jaxft.models.encoder import Encoder
+from jaxft.models.heads import (HF_ARCHITECTURE_SUFFIX, SEQUENCE_CLASSIFICATION, TASK_MODELS, TASKS,
+                                QUESTION_ANSWERING, TaskModel)
+
+log = logging.getLogger("jaxft.models")
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "flax_model.msgpack")
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*")
+
+
+class ModelLoadError(ValueError):
+    """A model folder or hub id that cannot be loaded, with the reason and the place."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    missing: list[str]           # our parameters that the checkpoint lacks (left at their fresh init)
+    unexpected: list[str]        # checkpoint keys that no parameter took
+    mismatched: list[str]        # keys whose shape differed and were re-initialised (ignore_mismatched_sizes)
+    new_head: bool               # the task head was initialised fresh
+
+
+# ---------------------------------------------------------------------------------------------- finding files
+
+def resolve_model_dir(name_or_path: str | os.PathLike, *, cache_dir: str | None = None,
+                      revision: str | None = None) -> Path:
+    """A local folder, or a hub id fetched into (or found in) huggingface_hub's cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path}: is a file; expected a folder holding config.json and weights")
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        raise ModelLoadError(f"{path}: model folder not found")
+    return _download_from_hub(text, cache_dir=cache_dir, revision=revision)
+
+
+def _download_from_hub(repo_id: str, *, cache_dir: str | None, revision: str | None) -> Path:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def fetch(local_only: bool, patterns) -> Path:
+        return Path(huggingface_hub.snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(patterns),
+            local_files_only=local_only))
+
+    errors = []
+    for local_only in (False, True):
+        try:
+            folder = fetch(local_only, HUB_PATTERNS)
+            if not any((folder / name).exists() for name in WEIGHT_FILES):
+                folder = fetch(local_only, ("pytorch_model.bin*", "flax_model.msgpack"))
+            return folder
+        except Exception as err:  # offline, unknown repo, gated repo: all end in the message below
+            errors.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    cache = cache_dir or constants.HF_HUB_CACHE
+    raise ModelLoadError(
+        f"{repo_id!r} is not a local folder, and the Hugging Face hub could not provide it "
+        f"(not reachable or no such repo, and not in the cache at {cache}). Last error: {errors[-1]}")
+
+
+# ---------------------------------------------------------------------------------------------- reading weights
+
+def read_checkpoint(folder: Path) -> dict[str, np.ndarray]:
+    """Flat {Hugging Face key: array} from whichever weight format the folder holds."""
+    if (folder / "model.safetensors").exists():
+        return _read_safetensors(folder / "model.safetensors")
+    if (folder / "model.safetensors.index.json").exists():
+        return _read_sharded(folder / "model.safetensors.index.json", _read_safetensors)
+    if (folder / "pytorch_model.bin").exists():
+        return _read_torch_bin(folder / "pytorch_model.bin")
+    if (folder / "pytorch_model.bin.index.json").exists():
+        return _read_sharded(folder / "pytorch_model.bin.index.json", _read_torch_bin)
+    if (folder / "flax_model.msgpack").exists():
+        return _read_flax_msgpack(folder / "flax_model.msgpack")
+    raise ModelLoadError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({err})") from None
+    except TypeError as err:  # bfloat16 tensors: numpy has no such dtype, read through torch-free flax path
+        return _read_safetensors_via_jax(path, err)
+
+
+def _read_safetensors_via_jax(path: Path, cause: Exception) -> dict[str, np.ndarray]:
+    from safetensors.flax import load_file
+    try:
+        return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(str(path)).items()}
+    except Exception as err:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({cause}; {err})") from None
+
+
+def _read_sharded(index_path: Path, read_one) -> dict[str, np.ndarray]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise ModelLoadError(f"{index_path}: not a valid shard index ({err})") from None
+    merged: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.exists():
+            raise ModelLoadError(f"{index_path}: lists shard {shard}, which is missing")
+        merged.update(read_one(shard_path))
+    return merged
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ModelLoadError(
+            f"{path}: a PyTorch pickle checkpoint needs torch installed to read (safely, weights only); "
+            "convert it to model.safetensors or install torch") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelLoadError(f"{path}: could not be read as a weights-only PyTorch checkpoint ({err})") from None
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def _read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
+    from flax import serialization
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:
+        raise ModelLoadError(f"{path}: not a readable Flax msgpack checkpoint ({err})") from None
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(node, prefix):
+        for name, value in node.items():
+            key = f"{prefix}.{name}" if prefix else str(name)
+            if isinstance(value, dict):
+                walk(value, key)
+                continue
+            array = np.asarray(value, dtype=np.float32)
+            head, leaf = key.rsplit(".", 1)
+            if leaf == "kernel":  # Flax Dense kernels are [in, out]; store torch's [out, in]
+                flat[f"{head}.weight"] = array.T
+            elif leaf in ("embedding", "scale"):
+                flat[f"{head}.weight"] = array
+            else:
+                flat[key] = array
+
+    walk(tree, "")
+    return flat
+
+
+def _normalise_legacy_names(checkpoint: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    renamed = {}
+    for key, value in checkpoint.items():
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+        key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+        renamed[key] = value
+    return renamed
+
+
+# ---------------------------------------------------------------------------------------------- name mapping
+
+def hf_key(path: tuple, config: EncoderConfig) -> tuple[str, bool]:
+    """NNX parameter path -> (family checkpoint key, whether the array is transposed)."""
+    *module, leaf = (str(p) for p in path)
+    dotted = ".".join(module) + "."
+    for pattern, replacement in config.family.key_renames:
+        dotted = re.sub(pattern, replacement, dotted)
+    transpose = leaf == "kernel"
+    name = "bias" if leaf == "bias" else "weight"
+    return f"{dotted}{name}", transpose
+
+
+def param_items(model: nnx.Module):
+    """(path, Variable) for every parameter of the model, in a stable order."""
+    return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def to_hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    config = model.config
+    tensors = {}
+    for path, variable in param_items(model):
+        key, transpose = hf_key(path, config)
+        array = np.asarray(variable.get_value(), dtype=np.float32)
+        tensors[key] = np.ascontiguousarray(array.T if transpose else array)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *, num_labels: int | None = None,
+                    id2label: dict[int, str] | list[str] | None = None, problem_type: str | None = None,
+                    dtype: Any = jnp.float32, seed: int = 0, ignore_mismatched_sizes: bool = False,
+                    cache_dir: str | None = None, revision: str | None = None,
+                    output_loading_info: bool = False):
+    """Build a jaxft model from a Hugging Face folder or hub id and load its weights.
+
+    task: "token-classification", "sequence-classification", "question-answering", or None for the bare
+    encoder. Labels come from `id2label` (or `num_labels`), else from the checkpoint's config.json.
+    A head absent from the checkpoint is initialised fresh and reported, as transformers does.
+    """
+    if task not in (None, *TASKS):
+        raise ValueError(f"task {task!r} is not one of {TASKS} (or None for the bare encoder)")
+    folder = resolve_model_dir(name_or_path, cache_dir=cache_dir, revision=revision)
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ModelLoadError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
+    hf_config = read_hf_config(str(config_path))
+    config = EncoderConfig.from_hf(hf_config, source=str(config_path))
+    labels = _resolve_labels(task, hf_config, num_labels, id2label)
+    dtype = jnp.dtype(dtype)
+    model = _build(config, task, labels, hf_config, problem_type, dtype, seed)
+    checkpoint = _normalise_legacy_names(read_checkpoint(folder))
+    report = _load_weights(model, config, checkpoint, folder, ignore_mismatched_sizes)
+    _log_report(report, folder, task)
+    model.eval()
+    return (model, report) if output_loading_info else model
+
+
+def _resolve_labels(task, hf_config, num_labels, id2label) -> tuple[str, ...]:
+    if task == QUESTION_ANSWERING:
+        return ("start", "end")
+    if id2label is not None:
+        labels = list(id2label) if isinstance(id2label, (list, tuple)) else [
+            id2label[i] for i in sorted(int(k) for k in id2label)]
+        if num_labels is not None and num_labels != len(labels):
+            raise ValueError(f"num_labels={num_labels} but id2label has {len(labels)} labels")
+        return tuple(str(label) for label in labels)
+    if num_labels is not None:
+        return tuple(f"LABEL_{i}" for i in range(num_labels))
+    saved = hf_config.get("id2label") or {}
+    if saved:
+        return tuple(saved[k] for k in sorted(saved, key=int))
+    return ("LABEL_0", "LABEL_1")
+
+
+def _build(config, task, labels, hf_config, problem_type, dtype, seed) -> nnx.Module:
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    hf_json = json.dumps(hf_config, sort_keys=True)
+    if task is None:
+        return Encoder(config, add_pooler=config.family.sequence_head == "pooler_tanh", dtype=dtype,
+                       hf_config_json=hf_json, rngs=rngs)
+    if task == SEQUENCE_CLASSIFICATION:
+        problem_type = problem_type or hf_config.get("problem_type") or "single_label_classification"
+        return TASK_MODELS[task](config, labels, hf_json, problem_type, dtype=dtype, rngs=rngs)
+    return TASK_MODELS[task](config, labels, hf_json, dtype=dtype, rngs=rngs)
+
+
+def _align_prefix(checkpoint: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:
+    """Base-model checkpoints have no "bert." prefix; task checkpoints do. Match the model being built."""
+    has_prefix = any(k.startswith(f"{p}.") for k in checkpoint for p in _KNOWN_PREFIXES)
+    if prefix is not None and not has_prefix:
+        return {f"{prefix}.{k}": v for k, v in checkpoint.items()}
+    if prefix is None and has_prefix:
+        stripped = {}
+        for k, v in checkpoint.items():
+            head, _, rest = k.partition(".")
+            stripped[rest if head in _KNOWN_PREFIXES else k] = v
+        return stripped
+    return checkpoint
+
+
+_KNOWN_PREFIXES = ("bert", "roberta", "distilbert", "electra")
+
+
+def _load_weights(model, config, checkpoint, folder, ignore_mismatched_sizes) -> LoadReport:
+    prefix = model.prefix if isinstance(model, TaskModel) else None
+    checkpoint = _align_prefix(checkpoint, prefix)
+    unused = set(checkpoint)
+    missing, mismatched, head_missing = [], [], False
+    state = nnx.state(model, nnx.Param)
+    for path, variable in nnx.to_flat_state(state):
+        key, transpose = hf_key(path, config)
+        in_head = prefix is not None and not key.startswith(f"{prefix}.")
+        if key not in checkpoint:
+            missing.append(key)
+            head_missing |= in_head
+            continue
+        unused.discard(key)
+        array = checkpoint[key].T if transpose else checkpoint[key]
+        expected = tuple(variable.get_value().shape)
+        if tuple(array.shape) != expected:
+            if not ignore_mismatched_sizes:
+                raise ModelLoadError(_mismatch_message(folder, key, array.shape, expected, in_head, model))
+            mismatched.append(key)
+            head_missing |= in_head
+            continue
+        variable.set_value(jnp.asarray(array, dtype=jnp.float32))
+    nnx.update(model, state)
+    return LoadReport(missing=missing, unexpected=sorted(unused), mismatched=mismatched,
+                      new_head=head_missing)
+
+
+def _mismatch_message(folder, key, got, expected, in_head, model) -> str:
+    message = f"{folder}: weight {key} has shape {tuple(got)} in the checkpoint, the model expects {expected}"
+    if in_head and isinstance(model, TaskModel):
+        message += (f". The checkpoint's head has {got[-1]} labels, not the {model.num_labels} asked for; "
+                    "pass ignore_mismatched_sizes=True to start a new head")
+    return message
+
+
+def _log_report(report: LoadReport, folder: Path, task: str | None) -> None:
+    if report.unexpected:
+        log.info("%s: checkpoint weights not used by the %s model: %s", folder, task or "bare encoder",
+                 ", ".join(report.unexpected))
+    if report.missing or report.mismatched:
+        log.warning("%s: newly initialised (not in the checkpoint%s): %s", folder,
+                    " or of another shape" if report.mismatched else "",
+                    ", ".join(report.missing + report.mismatched))
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+def hf_config_for(model: nnx.Module) -> dict[str, Any]:
+    hf_config = json.loads(model.hf_config_json)
+    task = getattr(model, "task", None)
+    hf_config["architectures"] = [model.config.family.class_stem + HF_ARCHITECTURE_SUFFIX[task]]
+    if isinstance(model, TaskModel) and task != QUESTION_ANSWERING:
+        hf_config["id2label"] = {str(i): label for i, label in enumerate(model.labels)}
+        hf_config["label2id"] = {label: i for i, label in enumerate(model.labels)}
+    if task == SEQUENCE_CLASSIFICATION:
+        hf_config["problem_type"] = model.problem_type
+    hf_config.pop("num_labels", None)  # derived from id2label by transformers
+    return hf_config
+
+
+def save_pretrained(model: nnx.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
+    """Write config.json, model.safetensors (and the tokenizer) so PyTorch `transformers` loads them.
+
+    Files are written to a temporary folder next to the target and moved in one by one with os.replace,
+    so an interrupted save never leaves a half-written weights file under its real name.
+    """
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.tmp-") as tmp:
+        tmp = Path(tmp)
+        save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_for(model), indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for item in tmp.iterdir():
+            os.replace(item, folder / item.name)
+    return folder
