@@ -1,0 +1,179 @@
+"""Every config key a recipe may set, with its default, and the validation that runs before any work.
+
+Recipes (`configs/*.py`) start from `base_config()` and change values; a key that is not here is a typo
+and is refused with the nearest known key. Values "packaged:..." name the offline model and data that
+PyPI packages ship (see README).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import ml_collections
+
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+PACKAGED_TWEETS_NER = "packaged:tweets-ner"
+TAG_SCHEMES = ("auto", "BIO", "IOB1", "IOBES", "BILOU")
+SCHEDULES = ("linear", "cosine", "constant")
+DTYPES = ("float32", "bfloat16")
+FILE_KEYS = ("data.train_file", "data.validation_file", "data.test_file")
+
+
+class ConfigError(ValueError):
+    """A config that cannot work: one line naming the key and what was expected."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "token-classification"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name_or_path = PACKAGED_MINILM
+    c.model.dtype = "float32"            # compute dtype; parameters stay float32
+    c.model.hidden_dropout = -1.0        # < 0: the checkpoint's own value
+    c.model.attention_dropout = -1.0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_file = PACKAGED_TWEETS_NER
+    c.data.validation_file = ""          # empty with only a train file: fixed 70/15/15 split of it
+    c.data.test_file = ""
+    c.data.hf_dataset = ""               # hub dataset id (or a builder such as "json" with data.train_file)
+    c.data.hf_config_name = ""
+    c.data.train_split = "train"
+    c.data.validation_split = "validation"
+    c.data.test_split = "test"
+    c.data.tokens_column = "tokens"
+    c.data.tags_column = "tags"
+    c.data.conll_token_column = 0
+    c.data.conll_tag_column = -1
+    c.data.text_column = "text"
+    c.data.text_pair_column = ""
+    c.data.label_column = "label"
+    c.data.tag_scheme = "auto"
+    c.data.max_length = 128
+    c.data.label_all_subtokens = False
+    c.data.bucket_multiple = 16          # batches are padded to a multiple of this (bounded compiles)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32
+    c.train.grad_accum_steps = 1
+    c.train.num_epochs = 10
+    c.train.max_steps = 0                # > 0: stop after this many optimizer steps
+    c.train.seed = 0
+    c.train.log_every = 20
+    c.train.eval_every = 0               # 0: evaluate on dev at the end of every epoch
+    c.train.early_stopping_patience = 0  # evaluations without dev improvement before stopping; 0: never
+    c.train.checkpoint_every = 0         # optimizer steps between extra checkpoints; 0: only at evaluations
+    c.train.keep_checkpoints = 2
+    c.train.progress_bar = True
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-4
+    c.optim.weight_decay = 0.01
+    c.optim.warmup_ratio = 0.1
+    c.optim.schedule = "linear"
+    c.optim.clip_norm = 1.0              # 0: no clipping
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                     # -1: all devices not used by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.peft = ml_collections.ConfigDict()
+    c.peft.method = "none"
+    c.peft.rank = 8
+    c.peft.alpha = 16.0
+    c.peft.target_modules = "query|value"
+    return c
+
+
+def check_against_schema(config: ml_collections.ConfigDict,
+                         schema: ml_collections.ConfigDict | None = None, prefix: str = "") -> None:
+    """Unknown keys and wrong types, named with the nearest known key."""
+    schema = base_config() if schema is None else schema
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            known = [f"{prefix}{k}" for k in schema.keys()]
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(f"unknown config key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        expected = schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config key {name!r} must be a group of keys, got {value!r}")
+            check_against_schema(value, expected, f"{name}.")
+        elif not _type_ok(value, expected):
+            raise ConfigError(f"config key {name!r} must be {type(expected).__name__}, got {value!r}")
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool):
+        return isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(expected, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(expected))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Everything that can be checked before data or model are touched."""
+    check_against_schema(config)
+    _one_of(config, "model.dtype", DTYPES)
+    _one_of(config, "data.tag_scheme", TAG_SCHEMES)
+    _one_of(config, "optim.schedule", SCHEDULES)
+    _positive(config, "train.batch_size", "train.grad_accum_steps", "data.bucket_multiple", "train.log_every",
+              "train.keep_checkpoints")
+    _non_negative(config, "train.num_epochs", "train.max_steps", "train.eval_every",
+                  "train.early_stopping_patience", "train.checkpoint_every", "optim.weight_decay",
+                  "optim.clip_norm")
+    if config.train.num_epochs == 0 and config.train.max_steps == 0:
+        raise ConfigError("train.num_epochs and train.max_steps are both 0: there is nothing to train")
+    if not 0 < config.optim.learning_rate < 1:
+        raise ConfigError(f"optim.learning_rate must be in (0, 1), got {config.optim.learning_rate}")
+    if not 0 <= config.optim.warmup_ratio < 1:
+        raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {config.optim.warmup_ratio}")
+    if not 8 <= config.data.max_length <= 8192:
+        raise ConfigError(f"data.max_length must be in [8, 8192], got {config.data.max_length}")
+    for key in FILE_KEYS:
+        _file_exists(config, key)
+    if config.data.hf_dataset and config.data.train_file == PACKAGED_TWEETS_NER:
+        raise ConfigError("data.hf_dataset is set while data.train_file is the packaged default: "
+                          "set data.train_file='' (or to the data files of a builder such as 'json')")
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _one_of(config, key: str, allowed: tuple) -> None:
+    if _get(config, key) not in allowed:
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {_get(config, key)!r}")
+
+
+def _positive(config, *keys: str) -> None:
+    for key in keys:
+        if _get(config, key) <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {_get(config, key)}")
+
+
+def _non_negative(config, *keys: str) -> None:
+    for key in keys:
+        if _get(config, key) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {_get(config, key)}")
+
+
+def _file_exists(config, key: str) -> None:
+    value = _get(config, key)
+    if not value or value.startswith("packaged:") or config.data.hf_dataset:
+        return
+    if not os.path.isfile(os.path.expanduser(value)):
+        raise ConfigError(f"config key {key!r}: file not found: {value}")

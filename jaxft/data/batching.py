@@ -1,0 +1,91 @@
+"""Length-bucketed, seeded, resumable batches with a fixed row count.
+
+Every batch has `batch_size` rows and a length from a small set (multiples of `bucket_multiple` up to
+max_length), so the jit-compiled step sees a bounded number of shapes. The order of an epoch is a pure
+function of (seed, epoch): resuming at (epoch, batch index) replays exactly what an unbroken run sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+SORT_WINDOW_BATCHES = 50  # sort by length within windows of this many batches: little padding, still random
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+    """Where the training data stream stands: the next batch to take is `batch` of `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+def bucket_lengths(max_length: int, multiple: int) -> list[int]:
+    lengths = list(range(multiple, max_length, multiple))
+    return lengths + [max_length]
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    raise ValueError(f"sequence of length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[np.ndarray]:
+    """Index groups for one epoch. Shuffled: permute, sort by length inside windows, shuffle the batches.
+
+    Unshuffled (evaluation): sorted by length over the whole split, which minimises padding.
+    """
+    lengths = np.asarray(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    window = batch_size * SORT_WINDOW_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(rows: Sequence[Mapping[str, np.ndarray]], batch_size: int, buckets: Sequence[int],
+            pad_values: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Stack variable-length rows into [batch_size, bucket] arrays; missing rows are all padding.
+
+    Every key of `pad_values` is a per-token int array in each row; an `attention_mask` is added.
+    """
+    length = bucket_for(max(len(row["input_ids"]) for row in rows), buckets)
+    batch = {key: np.full((batch_size, length), pad, np.int32) for key, pad in pad_values.items()}
+    batch["attention_mask"] = np.zeros((batch_size, length), np.int32)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        for key in pad_values:
+            batch[key][i, :n] = row[key]
+        batch["attention_mask"][i, :n] = 1
+    return batch
+
+
+def map_batches(fn: Callable[[dict[str, np.ndarray]], Any], rows: Sequence[Mapping[str, np.ndarray]],
+                batch_size: int, buckets: Sequence[int], pad_values: Mapping[str, int]) -> list:
+    """fn over length-sorted padded batches; returns one output per row, in row order, cut to its length.
+
+    fn returns an array (or a tuple of arrays) whose leading axes are [batch, length, ...].
+    """
+    import jax  # only for tree utilities; fn itself decides where it runs
+
+    lengths = [len(row["input_ids"]) for row in rows]
+    outputs: list = [None] * len(rows)
+    for indices in epoch_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False):
+        batch = collate([rows[i] for i in indices], batch_size, buckets, pad_values)
+        predicted = jax.device_get(fn(batch))
+        for row_in_batch, index in enumerate(indices):
+            outputs[index] = jax.tree.map(lambda x: x[row_in_batch, :lengths[index]], predicted)
+    return outputs

@@ -1,0 +1,142 @@
+"""Command line: train (default), predict.
+
+    python -m jaxft.main --config configs/ner.py [--workdir DIR] [--config.optim.learning_rate=3e-5 ...]
+    python -m jaxft.main predict --model DIR/export [--input sentences.txt]
+
+Re-running a train command on the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+SUBCOMMANDS = ("predict",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and argv[1] in SUBCOMMANDS:
+        return _predict_command(argv[2:])
+    return _train_command(argv)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+def _train_command(argv: list[str]) -> int:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "recipe file, e.g. configs/ner.py",
+                                                  lock_config=True)
+    workdir_flag = flags.DEFINE_string("workdir", None, "run folder (default: runs/<recipe name>)")
+    exit_code = 0
+
+    def run_main(_):
+        nonlocal exit_code
+        config_path = flags.FLAGS["config"].config_filename if flags.FLAGS["config"].present else None
+        if config_flag.value is None:
+            print("error: --config is required (e.g. --config configs/ner.py)", file=sys.stderr)
+            exit_code = 2
+            return
+        workdir = workdir_flag.value or os.path.join("runs", Path(config_path or "run").stem)
+        exit_code = run_with_clear_errors(config_flag.value, workdir)
+
+    try:
+        app.run(run_main, argv=argv)
+    except SystemExit as stop:
+        return int(stop.code or 0) or exit_code
+    return exit_code
+
+
+def run_with_clear_errors(config, workdir: str) -> int:
+    """run(), turning the errors a user can fix into one line on stderr and exit status 2."""
+    from jaxft.config import ConfigError
+    from jaxft.data.errors import DataError
+    from jaxft.models import ModelLoadError, UnsupportedModelError
+
+    try:
+        run(config, workdir)
+    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(config, workdir: str | Path) -> dict:
+    """Train, evaluate and export one recipe into `workdir`; returns the results dict."""
+    from jaxft.config import validate
+
+    validate(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(workdir)
+    _enable_compilation_cache()
+    if config.task != "token-classification":
+        from jaxft.config import ConfigError
+        raise ConfigError(f"task {config.task!r} is not available yet (token-classification is)")
+    from jaxft.tasks.ner import train_and_evaluate
+    return train_and_evaluate(config, workdir)
+
+
+def _setup_logging(workdir: Path) -> None:
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    root = logging.getLogger("jaxft")
+    root.setLevel(logging.INFO)
+    if not any(getattr(h, "_jaxft", False) for h in root.handlers):
+        for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(workdir / "train.log")):
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+            handler._jaxft = True
+            root.addHandler(handler)
+    root.propagate = False
+
+
+def _enable_compilation_cache() -> None:
+    """Compiled steps are cached on disk, so a resumed or repeated run skips XLA compilation."""
+    import jax
+
+    cache = os.environ.get("JAXFT_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxft/xla"))
+    if cache and cache != "0":
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+def _predict_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxft.main predict",
+                                     description="Tag sentences (one per line) with an exported NER model; "
+                                                 "prints one JSON object per line.")
+    parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/ner/export)")
+    parser.add_argument("--input", default=None, help="text file, one sentence per line (default: stdin)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    from jaxft.data.errors import DataError
+    from jaxft.models import ModelLoadError, UnsupportedModelError
+    from jaxft.predict import run_predict
+
+    if args.input not in (None, "-") and not os.path.isfile(args.input):
+        print(f"error: --input: file not found: {args.input}", file=sys.stderr)
+        return 2
+    try:
+        run_predict(args.model, args.input, max_length=args.max_length, batch_size=args.batch_size)
+    except (DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,82 @@
+"""The pure, jit-compiled train and predict steps.
+
+State is a dict of arrays {"step", "params", "opt_state", "rng"} and is donated to the step, so XLA
+updates it in place. A batch holds arrays shaped [grad_accum_steps, batch, length]; micro-batch losses are
+sums over their real (non-pad, non-ignored) targets and the gradient is divided once by the total count,
+so k accumulated micro-batches give the gradient of one k-times-larger batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxft.train.state import Flat, ModelParts, rng_after_call
+
+# loss_fn(model, micro_batch) -> (sum of per-target losses, number of targets)
+LossFn = Callable[..., tuple[jax.Array, jax.Array]]
+# predict_fn(model, batch) -> whatever the task's evaluation consumes (e.g. log-probabilities)
+PredictFn = Callable[..., jax.Array]
+
+
+def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed cross-entropy over targets >= 0 (-100 marks ignored positions), and their count."""
+    valid = labels >= 0
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid, dtype=jnp.int32)
+
+
+def init_train_state(params: Flat, rng: Flat, tx: optax.GradientTransformation) -> dict:
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": rng}
+
+
+def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: LossFn):
+    def micro_loss(params, frozen, rng, micro_batch):
+        model = parts.merge(params, frozen, rng, train=True)
+        loss_sum, count = loss_fn(model, micro_batch)
+        return loss_sum, (count, rng_after_call(model))
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def accumulate(params, frozen, rng, batch):
+        num_micro = jax.tree.leaves(batch)[0].shape[0]
+        if num_micro == 1:
+            (loss_sum, (count, rng)), grads = grad_fn(params, frozen, rng, jax.tree.map(lambda x: x[0], batch))
+            return grads, loss_sum, count, rng
+
+        def body(carry, micro_batch):
+            grads_sum, loss_total, count_total, rng = carry
+            (loss_sum, (count, rng)), grads = grad_fn(params, frozen, rng, micro_batch)
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            return (grads_sum, loss_total + loss_sum, count_total + count, rng), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), rng)
+        (grads, loss_sum, count, rng), _ = jax.lax.scan(body, init, batch)
+        return grads, loss_sum, count, rng
+
+    def train_step(state: dict, frozen: Flat, batch: dict) -> tuple[dict, dict]:
+        grads, loss_sum, count, rng = accumulate(state["params"], frozen, state["rng"], batch)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1).astype(g.dtype), grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                     "opt_state": opt_state, "rng": rng}
+        metrics = {"loss_sum": loss_sum, "count": count, "grad_norm": optax.global_norm(grads)}
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_predict_step(parts: ModelParts, predict_fn: PredictFn):
+    def predict_step(params: Flat, frozen: Flat, rng: Flat, batch: dict):
+        return predict_fn(parts.merge(params, frozen, rng, train=False), batch)
+
+    return jax.jit(predict_step)
+
+
+def compiled_count(jitted) -> int:
+    """How many shapes a jitted step has been compiled for so far."""
+    return jitted._cache_size()
