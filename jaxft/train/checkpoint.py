@@ -20,7 +20,8 @@ class Checkpointer:
         self.best_metric = best_metric
         keep_policy = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1,
+            # Ties go to the earlier step, as the loop's strict-improvement rule picks it.
+            policies.BestN(get_metric_fn=lambda metrics: (metrics[best_metric], -metrics["step"]), n=1,
                            keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, create=True,
@@ -29,6 +30,7 @@ class Checkpointer:
                                              item_names=("state", "meta"))
 
     def save(self, step: int, state: dict, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+        metrics = None if metrics is None else {**metrics, "step": step}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
                           metrics=metrics, force=True)

@@ -64,7 +64,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state, "rng": rng}
-        metrics = {"loss_sum": loss_sum, "count": count, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss_sum": loss_sum, "count": count, "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0,))

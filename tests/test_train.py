@@ -1,0 +1,154 @@
+"""Train step, optimizer, batching and the loop: accumulation equivalence, bounded compiles, decay mask."""
+
+import numpy as np
+import optax
+import pytest
+
+import jaxft.models as jm
+from conftest import tiny_ner_config
+from jaxft.config import base_config
+from jaxft.data.batching import bucket_lengths, collate, epoch_batches
+from jaxft.train.optim import decays, learning_rate_schedule, make_optimizer, warmup_steps
+from jaxft.train.state import split_model
+from jaxft.train.step import init_train_state, make_train_step, token_cross_entropy
+
+
+def ner_loss(model, batch):
+    return token_cross_entropy(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+
+def random_rows(count, seed=0, num_labels=5):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        length = int(rng.integers(4, 30))
+        labels = rng.integers(0, num_labels, length).astype(np.int32)
+        labels[rng.random(length) < 0.3] = -100  # ignored sub-tokens: counts differ per row
+        labels[0] = labels[-1] = -100
+        rows.append({"input_ids": rng.integers(1000, 2000, length).astype(np.int32), "labels": labels})
+    return rows
+
+
+def one_step(model_dir, rows, accum, batch_size):
+    model = jm.from_pretrained(model_dir, task=jm.TOKEN_CLASSIFICATION, num_labels=5, seed=1)
+    parts, params, frozen, rng = split_model(model)
+    config = base_config()
+    config.optim.warmup_ratio = 0.0  # a first step with learning rate 0 would make the comparison vacuous
+    tx = make_optimizer(config.optim, 10, params)
+    step = make_train_step(parts, tx, ner_loss)
+    batch = collate(rows, accum * batch_size, bucket_lengths(64, 16), {"input_ids": 0, "labels": -100})
+    batch = {k: v.reshape(accum, batch_size, *v.shape[1:]) for k, v in batch.items()}
+    state, metrics = step(init_train_state(params, rng, tx), frozen, batch)
+    return state["params"], metrics
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny_bert_no_dropout):
+    rows = random_rows(8)
+    big, big_metrics = one_step(tiny_bert_no_dropout, rows, accum=1, batch_size=8)
+    accumulated, acc_metrics = one_step(tiny_bert_no_dropout, rows, accum=4, batch_size=2)
+    assert int(big_metrics["count"]) == int(acc_metrics["count"]) == sum(int((r["labels"] >= 0).sum()) for r in rows)
+    np.testing.assert_allclose(float(acc_metrics["loss_sum"]), float(big_metrics["loss_sum"]), rtol=1e-5)
+    worst = max(float(np.abs(np.asarray(big[k]) - np.asarray(accumulated[k])).max()) for k in big)
+    assert worst < 2e-6
+    moved = max(float(np.abs(np.asarray(big[k]) - np.asarray(v)).max())
+                for k, v in split_model(jm.from_pretrained(tiny_bert_no_dropout, task=jm.TOKEN_CLASSIFICATION,
+                                                           num_labels=5, seed=1))[1].items())
+    assert moved > 1e-5  # the step did change the parameters
+
+
+def test_loss_is_mean_over_real_targets(tiny_bert_no_dropout):
+    rows = random_rows(4, seed=3)
+    _, metrics = one_step(tiny_bert_no_dropout, rows, accum=1, batch_size=6)  # 2 all-padding rows
+    assert int(metrics["count"]) == sum(int((r["labels"] >= 0).sum()) for r in rows)
+    mean_loss = float(metrics["loss_sum"]) / int(metrics["count"])
+    assert abs(mean_loss - np.log(5)) < 0.5  # near-uniform predictions of a fresh head
+
+
+def test_token_cross_entropy_ignores_minus_100():
+    logits = np.log(np.array([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]], np.float32))
+    labels = np.array([[0, -100, 1]], np.int32)
+    loss_sum, count = token_cross_entropy(logits, labels)
+    assert int(count) == 2
+    np.testing.assert_allclose(float(loss_sum), -np.log(0.5) - np.log(0.8), rtol=1e-6)
+
+
+def test_weight_decay_mask_follows_hugging_face():
+    assert decays("bert.encoder.layer.0.attention.self.query.kernel")
+    assert decays("bert.embeddings.word_embeddings.embedding")
+    assert not decays("bert.encoder.layer.0.attention.self.query.bias")
+    assert not decays("bert.embeddings.LayerNorm.scale")
+    assert not decays("bert.encoder.layer.3.output.LayerNorm.bias")
+    assert not decays("classifier.bias")
+
+
+def test_weight_decay_reaches_only_decayed_parameters():
+    params = {"dense.kernel": np.ones((2, 2), np.float32), "dense.bias": np.ones(2, np.float32),
+              "LayerNorm.scale": np.ones(2, np.float32)}
+    config = base_config()
+    config.optim.weight_decay = 0.5
+    config.optim.warmup_ratio = 0.0
+    config.optim.schedule = "constant"
+    tx = make_optimizer(config.optim, 10, params)
+    zero_grads = {k: np.zeros_like(v) for k, v in params.items()}
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    assert float(np.abs(updates["dense.kernel"]).max()) == pytest.approx(1e-4 * 0.5)
+    assert float(np.abs(updates["dense.bias"]).max()) == 0.0
+    assert float(np.abs(updates["LayerNorm.scale"]).max()) == 0.0
+
+
+def test_schedule_warmup_then_linear_decay():
+    config = base_config()
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_ratio = 0.1
+    schedule = learning_rate_schedule(config.optim, 100)
+    assert warmup_steps(100, 0.1) == 10
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(5e-4)
+    assert float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(55)) == pytest.approx(5e-4)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-12)
+    config.optim.schedule = "cosine"
+    assert float(learning_rate_schedule(config.optim, 100)(55)) == pytest.approx(5e-4, rel=1e-5)
+
+
+def test_clipping_bounds_the_update_norm():
+    config = base_config()
+    config.optim.clip_norm = 1.0
+    params = {"w.kernel": np.zeros(4, np.float32)}
+    tx = optax.chain(optax.clip_by_global_norm(1.0))
+    grads = {"w.kernel": np.full(4, 10.0, np.float32)}
+    clipped, _ = tx.update(grads, tx.init(params), params)
+    assert float(optax.global_norm(clipped)) == pytest.approx(1.0, rel=1e-6)
+    full = make_optimizer(config.optim, 10, params)
+    assert len(full.init(params)) == 2  # clip + adamw chained
+
+
+def test_batches_use_few_shapes_and_cover_every_row_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 128, 1000)
+    buckets = bucket_lengths(128, 16)
+    assert buckets == [16, 32, 48, 64, 80, 96, 112, 128]
+    groups = epoch_batches(lengths, 32, seed=7, epoch=2)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(1000))
+    assert groups[0].tolist() == epoch_batches(lengths, 32, seed=7, epoch=2)[0].tolist()  # seeded
+    assert groups[0].tolist() != epoch_batches(lengths, 32, seed=7, epoch=3)[0].tolist()
+    rows = [{"input_ids": np.ones(n, np.int32), "labels": np.zeros(n, np.int32)} for n in lengths]
+    shapes = {collate([rows[i] for i in g], 32, buckets, {"input_ids": 0, "labels": -100})["input_ids"].shape
+              for g in groups}
+    assert len(shapes) <= len(buckets) and all(s[0] == 32 for s in shapes)
+    padding = sum(s[1] for s in shapes)  # sorting inside windows keeps padding small
+    real = sum(lengths[g].max() for g in groups)
+    assert real / sum(collate([rows[i] for i in g], 32, buckets, {"input_ids": 0, "labels": -100})["input_ids"].shape[1]
+                      for g in groups) > 0.85
+    assert padding > 0
+
+
+def test_loop_compiles_at_most_once_per_bucket(tiny_bert, small_ner_file, tmp_path):
+    from jaxft.main import run
+
+    config = tiny_ner_config(tiny_bert, small_ner_file, **{"train.num_epochs": 3})
+    results = run(config, tmp_path)
+    buckets = bucket_lengths(config.data.max_length, config.data.bucket_multiple)
+    assert 1 <= results["compilations"]["train_step"] <= len(buckets)
+    assert 1 <= results["compilations"]["predict_step"] <= len(buckets)
+    assert results["steps"] == 3 * int(np.ceil(140 / 8))  # 70% of 200 sentences, batch 8
