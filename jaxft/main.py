@@ -88,11 +88,24 @@ def run(config, workdir: str | Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     _setup_logging(workdir)
     _enable_compilation_cache()
-    if config.task != "token-classification":
-        from jaxft.config import ConfigError
-        raise ConfigError(f"task {config.task!r} is not available yet (token-classification is)")
-    from jaxft.tasks.ner import train_and_evaluate
-    return train_and_evaluate(config, workdir)
+    return task_runner(config.task)(config, workdir)
+
+
+# config.task -> "module:function" that trains, evaluates and exports one run of that task.
+TASK_RUNNERS = {
+    "token-classification": "jaxft.tasks.ner:train_and_evaluate",
+}
+
+
+def task_runner(task: str):
+    import importlib
+
+    from jaxft.config import ConfigError
+
+    if task not in TASK_RUNNERS:
+        raise ConfigError(f"config key 'task' must be one of {', '.join(TASK_RUNNERS)}; got {task!r}")
+    module, function = TASK_RUNNERS[task].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _setup_logging(workdir: Path) -> None:

@@ -60,24 +60,34 @@ def collate(rows: Sequence[Mapping[str, np.ndarray]], batch_size: int, buckets: 
             pad_values: Mapping[str, int]) -> dict[str, np.ndarray]:
     """Stack variable-length rows into [batch_size, bucket] arrays; missing rows are all padding.
 
-    Every key of `pad_values` is a per-token int array in each row; an `attention_mask` is added.
+    Every key of `pad_values` is a per-token int array in each row; an `attention_mask` is added. Other
+    keys are per-example values (a class id, a float target, a multi-hot vector), stacked as they are,
+    with zeros in the missing rows.
     """
     length = bucket_for(max(len(row["input_ids"]) for row in rows), buckets)
     batch = {key: np.full((batch_size, length), pad, np.int32) for key, pad in pad_values.items()}
     batch["attention_mask"] = np.zeros((batch_size, length), np.int32)
+    for key in rows[0].keys() - pad_values.keys():
+        first = np.asarray(rows[0][key])
+        batch[key] = np.zeros((batch_size, *first.shape), first.dtype)
     for i, row in enumerate(rows):
         n = len(row["input_ids"])
-        for key in pad_values:
-            batch[key][i, :n] = row[key]
+        for key, value in row.items():
+            if key in pad_values:
+                batch[key][i, :n] = value
+            else:
+                batch[key][i] = value
         batch["attention_mask"][i, :n] = 1
     return batch
 
 
 def map_batches(fn: Callable[[dict[str, np.ndarray]], Any], rows: Sequence[Mapping[str, np.ndarray]],
-                batch_size: int, buckets: Sequence[int], pad_values: Mapping[str, int]) -> list:
-    """fn over length-sorted padded batches; returns one output per row, in row order, cut to its length.
+                batch_size: int, buckets: Sequence[int], pad_values: Mapping[str, int],
+                per_token: bool = True) -> list:
+    """fn over length-sorted padded batches; returns one output per row, in row order.
 
-    fn returns an array (or a tuple of arrays) whose leading axes are [batch, length, ...].
+    fn returns an array (or a tuple of arrays) with a leading batch axis; with `per_token` the second axis
+    is the sequence, cut back to each row's own length.
     """
     import jax  # only for tree utilities; fn itself decides where it runs
 
@@ -87,5 +97,6 @@ def map_batches(fn: Callable[[dict[str, np.ndarray]], Any], rows: Sequence[Mappi
         batch = collate([rows[i] for i in indices], batch_size, buckets, pad_values)
         predicted = jax.device_get(fn(batch))
         for row_in_batch, index in enumerate(indices):
-            outputs[index] = jax.tree.map(lambda x: x[row_in_batch, :lengths[index]], predicted)
+            cut = (lambda x: x[row_in_batch, :lengths[index]]) if per_token else (lambda x: x[row_in_batch])
+            outputs[index] = jax.tree.map(cut, predicted)
     return outputs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +23,7 @@ from jaxft.data.tags import bio_label_list, entity_types
 from jaxft.data.tokenize import (Encoded, TruncationReport, encode_for_prediction, encode_for_training,
                                  gather_word_predictions)
 from jaxft.evaluate.metrics import ner_metrics
+from jaxft.tasks.common import resolve_model_path, write_json
 from jaxft.train.step import token_cross_entropy
 
 log = logging.getLogger("jaxft.ner")
@@ -167,7 +167,7 @@ def train_and_evaluate(config, workdir: Path) -> dict:
                                     ignore_mismatched_sizes=True, output_loading_info=True)
     task = NerTask(tokenizer, splits, labels, config.data.max_length, config.data.label_all_subtokens)
     log.info("tokenized: %s", truncation_summary(task.truncation))
-    _write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
 
     trainer = Trainer(config, workdir, model, task)
     if trainer.restore_latest():
@@ -188,16 +188,10 @@ def train_and_evaluate(config, workdir: Path) -> dict:
         "compilations": result.compiles, "truncation": dataclasses.asdict(task.truncation),
         "new_head": report.new_head, "tag_scheme": splits.scheme,
     }
-    _write_json(workdir / "results.json", results)
+    write_json(workdir / "results.json", results)
     trainer.close()
     _report(workdir, results)
     return results
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    from jaxft.config import PACKAGED_MINILM
-    from jaxft.data.readers import packaged_minilm_path
-    return str(packaged_minilm_path()) if name_or_path == PACKAGED_MINILM else name_or_path
 
 
 def _report(workdir: Path, results: dict) -> None:
@@ -207,9 +201,3 @@ def _report(workdir: Path, results: dict) -> None:
     log.info("test F1 %.4f (dev %.4f) after %d steps, %.0f s of training at %.0f tokens/s; compiled %s",
              results["test"].get("f1", float("nan")), results["dev"].get("f1", float("nan")), results["steps"],
              results["train_seconds"], results["tokens_per_sec"], results["compilations"])
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)

@@ -33,6 +33,7 @@ class Task(Protocol):
     main_metric: str                                  # dev metric that picks the best checkpoint ("f1")
     train_rows: Sequence[dict[str, np.ndarray]]       # per-example arrays, each [length]
     pad_values: dict[str, int]                        # per-token keys of a row and their pad value
+    # (optional) per_token_outputs: bool = True       # False: predict() returns one value per row
 
     def loss(self, model, batch) -> tuple[jax.Array, jax.Array]: ...
     def predict(self, model, batch) -> jax.Array: ...
@@ -141,7 +142,8 @@ class Trainer:
         """Task predictions for every row (in the given order), each cut to the row's length."""
         params = self.state["params"] if params is None else params
         return map_batches(lambda batch: self.predict_step(params, self.frozen, self.state["rng"], batch),
-                           rows, self.train_cfg.batch_size * 2, self.buckets, self.task.pad_values)
+                           rows, self.train_cfg.batch_size * 2, self.buckets, self.task.pad_values,
+                           per_token=getattr(self.task, "per_token_outputs", True))
 
     # ------------------------------------------------------------------ the loop
 
