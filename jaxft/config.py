@@ -15,6 +15,8 @@ import ml_collections
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 PACKAGED_TWEETS_NER = "packaged:tweets-ner"
+PACKAGED_ROTTEN_TOMATOES = "packaged:rotten-tomatoes"
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 TAG_SCHEMES = ("auto", "BIO", "IOB1", "IOBES", "BILOU")
 SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -55,6 +57,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_length = 128
     c.data.label_all_subtokens = False
     c.data.bucket_multiple = 16          # batches are padded to a multiple of this (bounded compiles)
+    c.data.label_separator = ","         # multi-label labels written as one string: "a,b" (CSV/TSV)
+
+    # sequence classification (task "sequence-classification")
+    c.classification = ml_collections.ConfigDict()
+    c.classification.problem_type = "single_label_classification"  # | multi_label_classification | regression
+    c.classification.class_weights = "none"  # none | balanced | "label:weight,label:weight"
+    c.classification.threshold = 0.5     # multi-label decision threshold (start value when tuned)
+    c.classification.tune_threshold = True  # multi-label: pick the threshold with the best dev micro F1
+    c.classification.main_metric = ""    # dev metric that picks the best checkpoint; "": by problem type
+
+    # extractive question answering (task "question-answering", SQuAD v1/v2 format)
+    c.qa = ml_collections.ConfigDict()
+    c.qa.doc_stride = 128                # tokens shared by consecutive windows of a long context
+    c.qa.max_query_length = 64           # question tokens kept
+    c.qa.max_answer_length = 30          # longest predicted answer, in tokens
+    c.qa.n_best_size = 20                # start/end candidates per window
+    c.qa.null_score_diff_threshold = 0.0  # SQuAD v2: answer "" when null score - best span score > this
+    c.qa.tune_null_threshold = True      # SQuAD v2: pick that threshold with the best dev F1
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32
@@ -67,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.early_stopping_patience = 0  # evaluations without dev improvement before stopping; 0: never
     c.train.checkpoint_every = 0         # optimizer steps between extra checkpoints; 0: only at evaluations
     c.train.keep_checkpoints = 2
+    c.train.stop_after_step = 0          # > 0: checkpoint and end this process at that step (the schedule
+                                         # still spans the whole run); re-run the command to continue
     c.train.progress_bar = True
 
     c.optim = ml_collections.ConfigDict()
@@ -83,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1                     # -1: all devices not used by the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.rules = "embed=fsdp,mlp=tensor,heads=tensor,vocab=tensor"  # logical axis -> mesh axis
 
     c.peft = ml_collections.ConfigDict()
     c.peft.method = "none"
@@ -127,10 +150,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "model.dtype", DTYPES)
     _one_of(config, "data.tag_scheme", TAG_SCHEMES)
     _one_of(config, "optim.schedule", SCHEDULES)
+    _one_of(config, "classification.problem_type", PROBLEM_TYPES)
+    _positive(config, "qa.max_query_length", "qa.max_answer_length", "qa.n_best_size")
+    if not 0 < config.classification.threshold < 1:
+        raise ConfigError(f"classification.threshold must be in (0, 1), got {config.classification.threshold}")
+    if config.task == "question-answering" and not 0 <= config.qa.doc_stride < config.data.max_length:
+        raise ConfigError(f"qa.doc_stride must be in [0, data.max_length), got {config.qa.doc_stride}")
     _positive(config, "train.batch_size", "train.grad_accum_steps", "data.bucket_multiple", "train.log_every",
               "train.keep_checkpoints")
     _non_negative(config, "train.num_epochs", "train.max_steps", "train.eval_every",
-                  "train.early_stopping_patience", "train.checkpoint_every", "optim.weight_decay",
+                  "train.early_stopping_patience", "train.checkpoint_every", "train.stop_after_step",
+                  "optim.weight_decay",
                   "optim.clip_norm")
     if config.train.num_epochs == 0 and config.train.max_steps == 0:
         raise ConfigError("train.num_epochs and train.max_steps are both 0: there is nothing to train")

@@ -94,6 +94,8 @@ def run(config, workdir: str | Path) -> dict:
 # config.task -> "module:function" that trains, evaluates and exports one run of that task.
 TASK_RUNNERS = {
     "token-classification": "jaxft.tasks.ner:train_and_evaluate",
+    "sequence-classification": "jaxft.tasks.classification:train_and_evaluate",
+    "question-answering": "jaxft.tasks.qa:train_and_evaluate",
 }
 
 

@@ -173,6 +173,9 @@ def train_and_evaluate(config, workdir: Path) -> dict:
     if trainer.restore_latest():
         log.info("continuing the run in %s", workdir)
     result = trainer.fit()
+    if not result.finished:
+        trainer.close()
+        return {"stopped_at_step": result.steps}
     test = task.evaluate("test", result.predict_batches)
     dev = task.evaluate("dev", result.predict_batches)
     trainer.metrics.write(result.steps, "test", test)

@@ -18,9 +18,11 @@ from typing import Any, Callable, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxft.data.batching import DataPosition, bucket_lengths, collate, epoch_batches, map_batches
 from jaxft.evaluate.reports import MetricsWriter, ProgressBar
+from jaxft.train import sharding
 from jaxft.train.checkpoint import Checkpointer
 from jaxft.train.optim import learning_rate_schedule, make_optimizer
 from jaxft.train.state import Flat, ModelParts, split_model
@@ -74,6 +76,7 @@ class TrainResult:
     steps: int
     compiles: dict[str, int]
     predict_batches: Callable    # for test evaluation with the same compiled predict step
+    finished: bool = True        # False: stopped at train.stop_after_step; re-run to continue
 
 
 def steps_per_epoch(num_rows: int, train_config) -> int:
@@ -96,18 +99,42 @@ class Trainer:
         self.train_cfg = config.train
         self.buckets = bucket_lengths(config.data.max_length, config.data.bucket_multiple)
         split_args = () if trainable is None else (trainable,)
-        self.parts, params, self.frozen, rng = split_model(model, *split_args)
+        self.parts, params, frozen, rng = split_model(model, *split_args)
         self.total_steps = total_steps(len(task.train_rows), self.train_cfg)
         self.tx = make_optimizer(config.optim, self.total_steps, params)
         self.schedule = learning_rate_schedule(config.optim, self.total_steps)
-        self.state = init_train_state(params, rng, self.tx)
-        self.train_step = make_train_step(self.parts, self.tx, task.loss)
+        self.mesh = sharding.make_mesh(config.mesh)
+        self._check_batch_fits_mesh()
+        self.state, self.frozen, state_shardings = self._place_state(params, frozen, rng)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.train_step = make_train_step(self.parts, self.tx, task.loss, state_shardings, replicated)
         self.predict_step = make_predict_step(self.parts, task.predict)
+        log.info(sharding.describe(self.mesh, self.state["params"], self.state["opt_state"]))
         self.checkpoints = Checkpointer(self.workdir / "checkpoints", keep=self.train_cfg.keep_checkpoints,
                                         best_metric=f"dev_{task.main_metric}")
         self.metrics = MetricsWriter(self.workdir, enabled=is_writer)
         self.is_writer = is_writer
         self.loop = LoopState()
+
+    def _check_batch_fits_mesh(self) -> None:
+        shards = sharding.batch_rows_per_shard(self.mesh)
+        if self.train_cfg.batch_size % shards:
+            raise sharding.MeshError(f"train.batch_size {self.train_cfg.batch_size} is not divisible by the "
+                                     f"mesh's data x fsdp = {shards} batch shards")
+
+    def _place_state(self, params: Flat, frozen: Flat, rng: Flat):
+        """Parameters, frozen parameters, RNG and optimizer moments, each on its sharding of the mesh."""
+        rules = sharding.parse_rules(self.config.mesh.rules)
+        trainable_t, frozen_t, rng_t = self.parts.templates
+        param_sh = sharding.variable_shardings(trainable_t, self.mesh, rules)
+        frozen_sh = sharding.variable_shardings(frozen_t, self.mesh, rules)
+        rng_sh = sharding.variable_shardings(rng_t, self.mesh, {})
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        state_sh = {"step": replicated, "params": param_sh, "rng": rng_sh,
+                    "opt_state": sharding.optimizer_shardings(self.tx, params, param_sh, self.mesh)}
+        init = jax.jit(lambda p, r: init_train_state(p, r, self.tx), out_shardings=state_sh)
+        state = init(jax.device_put(params, param_sh), jax.device_put(rng, rng_sh))
+        return state, jax.device_put(frozen, frozen_sh), state_sh
 
     # ------------------------------------------------------------------ resume
 
@@ -136,12 +163,17 @@ class Trainer:
     def _train_batch(self, rows: Sequence[dict]) -> dict[str, np.ndarray]:
         accum, batch_size = self.train_cfg.grad_accum_steps, self.train_cfg.batch_size
         batch = collate(rows, accum * batch_size, self.buckets, self.task.pad_values)
-        return {k: v.reshape(accum, batch_size, *v.shape[1:]) for k, v in batch.items()}
+        batch = {k: v.reshape(accum, batch_size, *v.shape[1:]) for k, v in batch.items()}
+        return sharding.put_batch(batch, self.mesh, batch_axis=1)
 
     def predict_batches(self, rows: Sequence[dict], params: Flat | None = None) -> list[np.ndarray]:
         """Task predictions for every row (in the given order), each cut to the row's length."""
         params = self.state["params"] if params is None else params
-        return map_batches(lambda batch: self.predict_step(params, self.frozen, self.state["rng"], batch),
+        def run(batch):
+            return self.predict_step(params, self.frozen, self.state["rng"],
+                                     sharding.put_batch(batch, self.mesh, batch_axis=0))
+
+        return map_batches(run,
                            rows, self.train_cfg.batch_size * 2, self.buckets, self.task.pad_values,
                            per_token=getattr(self.task, "per_token_outputs", True))
 
@@ -165,7 +197,7 @@ class Trainer:
                 batch = self._train_batch([rows[i] for i in groups[batch_index]])
                 self.state, step_metrics = self.train_step(self.state, self.frozen, batch)
                 pending.add(step_metrics)
-                self.loop.tokens_seen += int(batch["attention_mask"].sum())
+                self.loop.tokens_seen += sum(int(np.asarray(rows[i]["input_ids"]).size) for i in groups[batch_index])
                 step += 1
                 at_epoch_end = batch_index + 1 == len(groups)
                 next_position = (DataPosition(position.epoch + 1, 0) if at_epoch_end
@@ -178,7 +210,7 @@ class Trainer:
                     self.loop.train_seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     stop = self._evaluate_and_checkpoint(step, evaluate=evaluated)
-                if step >= self.total_steps:
+                if step >= self.total_steps or self._stopping_here(step):
                     stop = True
                 if stop:
                     position = next_position
@@ -190,6 +222,10 @@ class Trainer:
         if pending.count:
             self._log_train(step, pending, started, progress)
         progress.close()
+        if self._stopping_here(step):
+            self.checkpoints.wait()
+            log.info("stopped at step %d as train.stop_after_step asks; re-run the command to continue", step)
+            return dataclasses.replace(self._result(step, restore_best=False), finished=False)
         if self.loop.last_eval_step != step:
             self._evaluate_and_checkpoint(step, evaluate=True, save=self.checkpoints.latest_step() != step)
         self.checkpoints.wait()
@@ -201,7 +237,10 @@ class Trainer:
 
     def _checkpoint_due(self, step: int) -> bool:
         every = self.train_cfg.checkpoint_every
-        return bool(every) and step % every == 0
+        return bool(every) and step % every == 0 or self._stopping_here(step)
+
+    def _stopping_here(self, step: int) -> bool:
+        return step == self.train_cfg.stop_after_step and step < self.total_steps
 
     def _log_train(self, step: int, pending: "_PendingMetrics", started: float, progress: ProgressBar) -> None:
         values = pending.fetch()
@@ -238,10 +277,10 @@ class Trainer:
             self.checkpoints.save(step, self.state, self.loop.to_json(), metrics)
         return stop
 
-    def _result(self, step: int) -> TrainResult:
+    def _result(self, step: int, restore_best: bool = True) -> TrainResult:
         params = self.state["params"]
         best = self.loop.best_step
-        if best >= 0 and best != step:
+        if restore_best and best >= 0 and best != step:
             restored, _ = self.checkpoints.restore(best, self.state)
             params = restored["params"]
         compiles = {"train_step": compiled_count(self.train_step), "predict_step": compiled_count(self.predict_step)}

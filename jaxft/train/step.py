@@ -33,7 +33,10 @@ def init_train_state(params: Flat, rng: Flat, tx: optax.GradientTransformation) 
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": rng}
 
 
-def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: LossFn):
+def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: LossFn,
+                    state_shardings=None, replicated=None):
+    """Inputs arrive already placed (state, frozen params and batch carry their shardings); the new state
+    keeps the state's shardings and the metrics are replicated."""
     def micro_loss(params, frozen, rng, micro_batch):
         model = parts.merge(params, frozen, rng, train=True)
         loss_sum, count = loss_fn(model, micro_batch)
@@ -67,7 +70,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         metrics = {"loss_sum": loss_sum, "count": count, "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    out_shardings = None if state_shardings is None else (state_shardings, replicated)
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 def make_predict_step(parts: ModelParts, predict_fn: PredictFn):

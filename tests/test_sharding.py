@@ -1,0 +1,85 @@
+"""Mesh sharding on 8 simulated CPU devices: same losses as one device, checkpoints move between meshes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).parent.parent
+STEPS = 20
+LOSS_TOLERANCE = 1e-5
+
+
+def train(workdir, model, data, devices, mesh=(None, None, None), max_steps=STEPS, *extra):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    command = [sys.executable, "-m", "jaxft.main", "--config", "configs/ner.py", "--workdir", str(workdir),
+               f"--config.model.name_or_path={model}", f"--config.data.train_file={data}",
+               "--config.data.max_length=64", "--config.train.batch_size=8", f"--config.train.max_steps={max_steps}",
+               "--config.train.log_every=1", "--config.train.eval_every=10", "--config.optim.learning_rate=1e-3",
+               "--config.train.progress_bar=False", *extra]
+    for axis, size in zip(("data", "fsdp", "tensor"), mesh):
+        if size is not None:
+            command.append(f"--config.mesh.{axis}={size}")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def train_losses(workdir) -> dict[int, float]:
+    lines = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss"] for line in lines if line["split"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory, tiny_bert, small_ner_file):
+    workdir = tmp_path_factory.mktemp("one-device")
+    train(workdir, tiny_bert, small_ner_file, devices=1)
+    return train_losses(workdir)
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 1, 8)])
+def test_mesh_gives_single_device_losses(mesh, single_device, tiny_bert, small_ner_file, tmp_path):
+    log = train(tmp_path, tiny_bert, small_ner_file, devices=8, mesh=mesh)
+    assert f"mesh (data={mesh[0]}, fsdp={mesh[1]}, tensor={mesh[2]}) over 8 cpu device(s)" in log
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    worst = max(abs(losses[step] - single_device[step]) for step in losses)
+    assert worst <= LOSS_TOLERANCE, f"max loss difference {worst:.2e} over {STEPS} steps"
+
+
+def test_sharded_parameters_use_less_memory_per_device(tiny_bert, small_ner_file, tmp_path):
+    one = train(tmp_path / "a", tiny_bert, small_ner_file, devices=8, mesh=(8, 1, 1), max_steps=1)
+    fsdp = train(tmp_path / "b", tiny_bert, small_ner_file, devices=8, mesh=(1, 8, 1), max_steps=1)
+
+    def mib(log, what):
+        return float(log.split(f"{what} ")[1].split(" MiB")[0])
+
+    assert mib(fsdp, "parameters") < mib(one, "parameters") / 2
+    assert mib(fsdp, "optimizer state") < mib(one, "optimizer state") / 2
+
+
+def test_checkpoint_resumes_on_another_mesh(single_device, tiny_bert, small_ner_file, tmp_path):
+    train(tmp_path, tiny_bert, small_ner_file, 8, (2, 2, 2), STEPS, "--config.train.stop_after_step=10")
+    assert max(train_losses(tmp_path)) == 10
+    log = train(tmp_path, tiny_bert, small_ner_file, 8, (1, 4, 2))
+    assert "resumed from checkpoint at step 10" in log
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    worst = max(abs(losses[step] - single_device[step]) for step in range(11, STEPS + 1))
+    assert worst <= LOSS_TOLERANCE, f"max loss difference after the move {worst:.2e}"
+
+
+def test_mesh_errors_are_config_errors(tiny_bert, small_ner_file, tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    base = [sys.executable, "-m", "jaxft.main", "--config", "configs/ner.py", "--workdir", str(tmp_path),
+            f"--config.model.name_or_path={tiny_bert}", f"--config.data.train_file={small_ner_file}"]
+    done = subprocess.run(base + ["--config.mesh.data=3"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "does not fit 8 devices" in done.stderr
+    done = subprocess.run(base + ["--config.mesh.data=8", "--config.train.batch_size=12"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "not divisible by the mesh's data x fsdp = 8" in done.stderr
