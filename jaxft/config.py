@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name_or_path = PACKAGED_MINILM
     c.model.dtype = "float32"            # compute dtype; parameters stay float32
+    c.model.remat = "none"               # none | full | dots_saveable: recompute layer activations in backward
     c.model.hidden_dropout = -1.0        # < 0: the checkpoint's own value
     c.model.attention_dropout = -1.0
 
@@ -100,18 +101,37 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
+    c.optim.moments_dtype = "float32"    # float32 | bfloat16 (first moment; halves its memory)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                     # -1: all devices not used by the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
     c.mesh.rules = "embed=fsdp,mlp=tensor,heads=tensor,vocab=tensor"  # logical axis -> mesh axis
+    c.mesh.distributed = False           # call jax.distributed.initialize() (multi-host runs)
+    c.mesh.coordinator_address = ""      # host:port of process 0; empty: auto-detect (TPU pods, SLURM)
+    c.mesh.num_processes = 0             # 0: auto-detect
+    c.mesh.process_id = -1               # -1: auto-detect
 
     c.peft = ml_collections.ConfigDict()
     c.peft.method = "none"
     c.peft.rank = 8
     c.peft.alpha = 16.0
-    c.peft.target_modules = "query|value"
+    c.peft.target_modules = "query|value"  # regex matching the end of module paths ("...self.query")
+    c.peft.dropout = 0.0                 # LoRA dropout on the low-rank path's input
+    c.peft.rslora = False                # scale LoRA by alpha / sqrt(rank) instead of alpha / rank
+    c.peft.modules_to_save = "auto"      # fully trained and saved modules: "auto" = the task head; "" = none
+    c.peft.adapter_size = 64             # houlsby / pfeiffer bottleneck width
+    c.peft.adapter_activation = ""       # "": swish (houlsby), relu (pfeiffer)
+    c.peft.prefix_length = 16            # prefix tuning: learned key/value vectors per layer
+    c.peft.freeze = ""                   # regex searched in parameter paths: frozen whatever the method
+    c.peft.export_adapter = True         # lora/dora: also write export_adapter/ in peft's format
+    # training options that go with PEFT (issue 5), kept in their groups
+    c.optim.layer_decay = 1.0            # layer-wise LR decay: layer l of L gets lr * decay**(L + 1 - l)
+    c.train.adversarial = "none"         # none | fgm | pgd: perturb the word embeddings (loss = clean + adv)
+    c.train.adversarial_epsilon = 1.0    # L2 norm of the perturbation of the embedding table
+    c.train.adversarial_steps = 3        # pgd: ascent steps
+    c.train.adversarial_alpha = 0.3      # pgd: step size (L2 norm) of each ascent step
     return c
 
 
@@ -148,6 +168,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Everything that can be checked before data or model are touched."""
     check_against_schema(config)
     _one_of(config, "model.dtype", DTYPES)
+    _one_of(config, "model.remat", ("none", "full", "dots_saveable"))
+    _one_of(config, "optim.moments_dtype", DTYPES)
     _one_of(config, "data.tag_scheme", TAG_SCHEMES)
     _one_of(config, "optim.schedule", SCHEDULES)
     _one_of(config, "classification.problem_type", PROBLEM_TYPES)
@@ -172,9 +194,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_length must be in [8, 8192], got {config.data.max_length}")
     for key in FILE_KEYS:
         _file_exists(config, key)
+    _validate_peft(config)
     if config.data.hf_dataset and config.data.train_file == PACKAGED_TWEETS_NER:
         raise ConfigError("data.hf_dataset is set while data.train_file is the packaged default: "
                           "set data.train_file='' (or to the data files of a builder such as 'json')")
+
+
+PEFT_METHODS = ("none", "lora", "dora", "bitfit", "houlsby", "pfeiffer", "prefix")
+ADVERSARIAL = ("none", "fgm", "pgd")
+
+
+def _validate_peft(config) -> None:
+    import re
+
+    _one_of(config, "peft.method", PEFT_METHODS)
+    _one_of(config, "train.adversarial", ADVERSARIAL)
+    _positive(config, "peft.rank", "peft.alpha", "peft.adapter_size", "peft.prefix_length",
+              "train.adversarial_epsilon", "train.adversarial_steps", "train.adversarial_alpha")
+    if not 0 <= config.peft.dropout < 1:
+        raise ConfigError(f"peft.dropout must be in [0, 1), got {config.peft.dropout}")
+    if not 0 < config.optim.layer_decay <= 1:
+        raise ConfigError(f"optim.layer_decay must be in (0, 1], got {config.optim.layer_decay}")
+    _one_of(config, "peft.adapter_activation", ("", "relu", "swish", "silu", "gelu", "tanh"))
+    for key in ("peft.target_modules", "peft.modules_to_save", "peft.freeze"):
+        try:
+            re.compile(_get(config, key))
+        except re.error as err:
+            raise ConfigError(f"config key {key!r}: {_get(config, key)!r} is not a valid regex ({err})") from None
 
 
 def _get(config, dotted: str):

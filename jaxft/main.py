@@ -84,6 +84,7 @@ def run(config, workdir: str | Path) -> dict:
     from jaxft.config import validate
 
     validate(config)
+    _initialize_distributed(config.mesh)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _setup_logging(workdir)
@@ -110,6 +111,20 @@ def task_runner(task: str):
     return getattr(importlib.import_module(module), function)
 
 
+def _initialize_distributed(mesh_config) -> None:
+    """Multi-host: every process runs the same command; JAX connects them before any device is used."""
+    if not (mesh_config.distributed or os.environ.get("JAXFT_DISTRIBUTED") == "1"):
+        return
+    import jax
+
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+    jax.distributed.initialize(
+        coordinator_address=mesh_config.coordinator_address or None,
+        num_processes=mesh_config.num_processes or None,
+        process_id=None if mesh_config.process_id < 0 else mesh_config.process_id)
+
+
 def _setup_logging(workdir: Path) -> None:
     from absl import logging as absl_logging
 
@@ -117,7 +132,12 @@ def _setup_logging(workdir: Path) -> None:
     root = logging.getLogger("jaxft")
     root.setLevel(logging.INFO)
     if not any(getattr(h, "_jaxft", False) for h in root.handlers):
-        for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(workdir / "train.log")):
+        import jax
+
+        handlers = [logging.StreamHandler(sys.stderr)]
+        if jax.process_index() == 0:
+            handlers.append(logging.FileHandler(workdir / "train.log"))
+        for handler in handlers:
             handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
             handler._jaxft = True
             root.addHandler(handler)
@@ -137,27 +157,60 @@ def _enable_compilation_cache() -> None:
 # ---------------------------------------------------------------------------------------------- predict
 
 def _predict_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxft.main predict",
-                                     description="Tag sentences (one per line) with an exported NER model; "
-                                                 "prints one JSON object per line.")
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxft.main predict",
+        description="Predict with an exported model; prints one JSON object per line. NER: entities of each "
+                    "input line. Classification: label and probabilities of each line (pair models: "
+                    "'text<TAB>pair'; .json/.jsonl input: objects with the training text fields). QA: answer "
+                    "spans with scores for a SQuAD .json / .jsonl of {question, context} (stdin: JSON lines).")
     parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/ner/export)")
-    parser.add_argument("--input", default=None, help="text file, one sentence per line (default: stdin)")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--input", default=None, help="input file (default: stdin)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="NER: 128 by default; classification/QA: the training max_length by default")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    from jaxft.config import ConfigError
     from jaxft.data.errors import DataError
     from jaxft.models import ModelLoadError, UnsupportedModelError
-    from jaxft.predict import run_predict
 
     if args.input not in (None, "-") and not os.path.isfile(args.input):
         print(f"error: --input: file not found: {args.input}", file=sys.stderr)
         return 2
     try:
-        run_predict(args.model, args.input, max_length=args.max_length, batch_size=args.batch_size)
-    except (DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError) as err:
+        task = exported_task(args.model)
+        if task == "token-classification":
+            from jaxft.predict import run_predict
+            run_predict(args.model, args.input, max_length=args.max_length or 128, batch_size=args.batch_size)
+        else:
+            import importlib
+            module = importlib.import_module(PREDICT_RUNNERS[task])
+            module.run_predict(args.model, args.input, max_length=args.max_length, batch_size=args.batch_size)
+    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+# task of an exported model -> module with run_predict(model_dir, input_path, max_length=, batch_size=)
+PREDICT_RUNNERS = {
+    "sequence-classification": "jaxft.tasks.classification",
+    "question-answering": "jaxft.tasks.qa",
+}
+
+
+def exported_task(model_dir: str) -> str:
+    """The task of an exported folder, from its config.json "architectures"; token classification when the
+    folder does not say (or is not a local folder), as predict did before it served other tasks."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return "token-classification"
+    architectures = json.loads(path.read_text()).get("architectures") or []
+    name = architectures[0] if architectures else ""
+    if name.endswith("ForSequenceClassification"):
+        return "sequence-classification"
+    if name.endswith("ForQuestionAnswering"):
+        return "question-answering"
+    return "token-classification"
 
 
 if __name__ == "__main__":

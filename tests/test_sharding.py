@@ -83,3 +83,35 @@ def test_mesh_errors_are_config_errors(tiny_bert, small_ner_file, tmp_path):
     done = subprocess.run(base + ["--config.mesh.data=8", "--config.train.batch_size=12"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "not divisible by the mesh's data x fsdp = 8" in done.stderr
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_on_localhost_match_one_process(single_device, tiny_bert, small_ner_file, tmp_path):
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    processes = []
+    for process_id in range(2):
+        command = [sys.executable, "-m", "jaxft.main", "--config", "configs/ner.py", "--workdir", str(tmp_path),
+                   f"--config.model.name_or_path={tiny_bert}", f"--config.data.train_file={small_ner_file}",
+                   "--config.data.max_length=64", "--config.train.batch_size=8", f"--config.train.max_steps={STEPS}",
+                   "--config.train.log_every=1", "--config.train.eval_every=10", "--config.optim.learning_rate=1e-3",
+                   "--config.train.progress_bar=False", "--config.mesh.distributed=True",
+                   f"--config.mesh.coordinator_address=127.0.0.1:{port}", "--config.mesh.num_processes=2",
+                   f"--config.mesh.process_id={process_id}"]
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "mesh (data=2, fsdp=1, tensor=1) over 2 cpu device(s)" in outputs[0][1]
+    losses = train_losses(tmp_path)  # written by process 0 only
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    worst = max(abs(losses[step] - single_device[step]) for step in losses)
+    assert worst <= LOSS_TOLERANCE, f"max loss difference {worst:.2e}"
+    assert (tmp_path / "export" / "model.safetensors").exists() and (tmp_path / "results.json").exists()

@@ -152,3 +152,33 @@ def test_loop_compiles_at_most_once_per_bucket(tiny_bert, small_ner_file, tmp_pa
     assert 1 <= results["compilations"]["train_step"] <= len(buckets)
     assert 1 <= results["compilations"]["predict_step"] <= len(buckets)
     assert results["steps"] == 3 * int(np.ceil(140 / 8))  # 70% of 200 sentences, batch 8
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_remat_gives_the_same_step(remat, tiny_bert):
+    rows = random_rows(6, seed=5)
+
+    def step_with(policy):
+        model = jm.from_pretrained(tiny_bert, task=jm.TOKEN_CLASSIFICATION, num_labels=5, seed=1, remat=policy)
+        parts, params, frozen, rng = split_model(model)
+        config = base_config()
+        config.optim.warmup_ratio = 0.0
+        tx = make_optimizer(config.optim, 10, params)
+        batch = collate(rows, 6, bucket_lengths(64, 16), {"input_ids": 0, "labels": -100})
+        batch = {k: v[None] for k, v in batch.items()}
+        state, metrics = make_train_step(parts, tx, ner_loss)(init_train_state(params, rng, tx), frozen, batch)
+        return state["params"], float(metrics["loss_sum"])
+
+    plain, plain_loss = step_with("none")
+    rematerialised, remat_loss = step_with(remat)
+    assert remat_loss == pytest.approx(plain_loss, rel=1e-6)  # same dropout masks, same forward
+    assert max(float(np.abs(np.asarray(plain[k]) - np.asarray(rematerialised[k])).max()) for k in plain) < 1e-6
+
+
+def test_bfloat16_first_moment():
+    config = base_config()
+    config.optim.moments_dtype = "bfloat16"
+    params = {"w.kernel": np.ones((3, 3), np.float32)}
+    state = make_optimizer(config.optim, 10, params).init(params)
+    dtypes = {str(leaf.dtype) for leaf in __import__("jax").tree.leaves(state) if getattr(leaf, "ndim", 0) == 2}
+    assert dtypes == {"bfloat16", "float32"}  # mu in bfloat16, nu stays float32

@@ -152,14 +152,31 @@ class Layer(nnx.Module):
         return self.output(self.intermediate(x), x)
 
 
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,          # recompute the whole layer in backward
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,    # keep matmul outputs, recompute the rest
+}
+
+
 class LayerStack(nnx.Module):
-    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: EncoderConfig, *, dtype, remat: str = "none", rngs: nnx.Rngs):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat policy {remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+        self.remat = remat
         self.layer = nnx.List([Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
 
     def __call__(self, x, mask):
         for layer in self.layer:
-            x = layer(x, mask)
+            if self.remat == "none":
+                x = layer(x, mask)
+            else:
+                x = nnx.remat(_call_layer, policy=REMAT_POLICIES[self.remat])(layer, x, mask)
         return x
+
+
+def _call_layer(layer, x, mask):
+    return layer(x, mask)
 
 
 class Pooler(nnx.Module):
@@ -176,14 +193,14 @@ class Encoder(nnx.Module):
     """Embeddings + transformer layers (+ BERT's pooler when asked): Hugging Face's `<Family>Model`."""
 
     def __init__(self, config: EncoderConfig, *, add_pooler: bool = False, dtype=jnp.float32,
-                 hf_config_json: str = "{}", rngs: nnx.Rngs):
+                 hf_config_json: str = "{}", remat: str = "none", rngs: nnx.Rngs):
         self.config = config
         self.hf_config_json = hf_config_json  # the source config.json, kept for save_pretrained
         self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
         if config.embedding_size != config.hidden_size:  # ELECTRA's small embeddings
             self.embeddings_project = dense(config.embedding_size, config.hidden_size, (None, "embed"),
                                             dtype=dtype, rngs=rngs)
-        self.encoder = LayerStack(config, dtype=dtype, rngs=rngs)
+        self.encoder = LayerStack(config, dtype=dtype, remat=remat, rngs=rngs)
         if add_pooler:
             self.pooler = Pooler(config, dtype=dtype, rngs=rngs)
 

@@ -27,11 +27,11 @@ class TaskModel(nnx.Module):
     task: str | None = None
 
     def _init_backbone(self, config: EncoderConfig, labels: tuple[str, ...], hf_config_json: str,
-                       add_pooler: bool, dtype, rngs: nnx.Rngs):
+                       add_pooler: bool, dtype, rngs: nnx.Rngs, remat: str = "none"):
         self.prefix = config.family.prefix
         self.labels = tuple(labels)
         self.hf_config_json = hf_config_json  # the source config.json, kept for save_pretrained
-        setattr(self, self.prefix, Encoder(config, add_pooler=add_pooler, dtype=dtype, rngs=rngs))
+        setattr(self, self.prefix, Encoder(config, add_pooler=add_pooler, dtype=dtype, remat=remat, rngs=rngs))
 
     @property
     def backbone(self) -> Encoder:
@@ -50,8 +50,8 @@ class ForTokenClassification(TaskModel):
     task = TOKEN_CLASSIFICATION
 
     def __init__(self, config: EncoderConfig, labels, hf_config_json: str = "{}", *, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
-        self._init_backbone(config, labels, hf_config_json, False, dtype, rngs)
+                 remat: str = "none", rngs: nnx.Rngs):
+        self._init_backbone(config, labels, hf_config_json, False, dtype, rngs, remat)
         self.dropout = nnx.Dropout(config.classifier_dropout, rngs=rngs)
         self.classifier = dense(config.hidden_size, len(labels), ("embed", None), dtype=dtype, rngs=rngs)
 
@@ -79,12 +79,13 @@ class ForSequenceClassification(TaskModel):
     task = SEQUENCE_CLASSIFICATION
 
     def __init__(self, config: EncoderConfig, labels, hf_config_json: str = "{}",
-                 problem_type: str = "single_label_classification", *, dtype=jnp.float32, rngs: nnx.Rngs):
+                 problem_type: str = "single_label_classification", *, dtype=jnp.float32,
+                 remat: str = "none", rngs: nnx.Rngs):
         if problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type {problem_type!r} is not one of {PROBLEM_TYPES}")
         self.head_kind = config.family.sequence_head
         self.problem_type = problem_type
-        self._init_backbone(config, labels, hf_config_json, self.head_kind == "pooler_tanh", dtype, rngs)
+        self._init_backbone(config, labels, hf_config_json, self.head_kind == "pooler_tanh", dtype, rngs, remat)
         hidden, num_labels = config.hidden_size, len(labels)
         if self.head_kind in ("dense_tanh", "dense_gelu"):
             act = "tanh" if self.head_kind == "dense_tanh" else "gelu"
@@ -111,8 +112,8 @@ class ForQuestionAnswering(TaskModel):
     task = QUESTION_ANSWERING
 
     def __init__(self, config: EncoderConfig, labels=("start", "end"), hf_config_json: str = "{}", *,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        self._init_backbone(config, labels, hf_config_json, False, dtype, rngs)
+                 dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+        self._init_backbone(config, labels, hf_config_json, False, dtype, rngs, remat)
         self.dropout = nnx.Dropout(config.qa_dropout, rngs=rngs)
         self.qa_outputs = dense(config.hidden_size, 2, ("embed", None), dtype=dtype, rngs=rngs)
 

@@ -217,12 +217,13 @@ def to_hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *, num_labels: int | None = None,
                     id2label: dict[int, str] | list[str] | None = None, problem_type: str | None = None,
                     dtype: Any = jnp.float32, seed: int = 0, ignore_mismatched_sizes: bool = False,
-                    cache_dir: str | None = None, revision: str | None = None,
+                    cache_dir: str | None = None, revision: str | None = None, remat: str = "none",
                     output_loading_info: bool = False):
     """Build a jaxft model from a Hugging Face folder or hub id and load its weights.
 
     task: "token-classification", "sequence-classification", "question-answering", or None for the bare
     encoder. Labels come from `id2label` (or `num_labels`), else from the checkpoint's config.json.
+    remat: "none", "full" or "dots_saveable" rematerialisation of each encoder layer in the backward pass.
     A head absent from the checkpoint is initialised fresh and reported, as transformers does.
     """
     if task not in (None, *TASKS):
@@ -235,7 +236,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
     config = EncoderConfig.from_hf(hf_config, source=str(config_path))
     labels = _resolve_labels(task, hf_config, num_labels, id2label)
     dtype = jnp.dtype(dtype)
-    model = _build(config, task, labels, hf_config, problem_type, dtype, seed)
+    model = _build(config, task, labels, hf_config, problem_type, dtype, seed, remat)
     checkpoint = _normalise_legacy_names(read_checkpoint(folder))
     report = _load_weights(model, config, checkpoint, folder, ignore_mismatched_sizes)
     _log_report(report, folder, task)
@@ -260,16 +261,16 @@ def _resolve_labels(task, hf_config, num_labels, id2label) -> tuple[str, ...]:
     return ("LABEL_0", "LABEL_1")
 
 
-def _build(config, task, labels, hf_config, problem_type, dtype, seed) -> nnx.Module:
+def _build(config, task, labels, hf_config, problem_type, dtype, seed, remat) -> nnx.Module:
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     hf_json = json.dumps(hf_config, sort_keys=True)
     if task is None:
         return Encoder(config, add_pooler=config.family.sequence_head == "pooler_tanh", dtype=dtype,
-                       hf_config_json=hf_json, rngs=rngs)
+                       hf_config_json=hf_json, remat=remat, rngs=rngs)
     if task == SEQUENCE_CLASSIFICATION:
         problem_type = problem_type or hf_config.get("problem_type") or "single_label_classification"
-        return TASK_MODELS[task](config, labels, hf_json, problem_type, dtype=dtype, rngs=rngs)
-    return TASK_MODELS[task](config, labels, hf_json, dtype=dtype, rngs=rngs)
+        return TASK_MODELS[task](config, labels, hf_json, problem_type, dtype=dtype, remat=remat, rngs=rngs)
+    return TASK_MODELS[task](config, labels, hf_json, dtype=dtype, remat=remat, rngs=rngs)
 
 
 def _align_prefix(checkpoint: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:

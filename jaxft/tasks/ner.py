@@ -163,13 +163,15 @@ def train_and_evaluate(config, workdir: Path) -> dict:
     model_path = resolve_model_path(config.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
     model, report = from_pretrained(model_path, task=TOKEN_CLASSIFICATION, id2label=labels,
-                                    dtype=config.model.dtype, seed=config.train.seed,
+                                    dtype=config.model.dtype, seed=config.train.seed, remat=config.model.remat,
                                     ignore_mismatched_sizes=True, output_loading_info=True)
     task = NerTask(tokenizer, splits, labels, config.data.max_length, config.data.label_all_subtokens)
     log.info("tokenized: %s", truncation_summary(task.truncation))
-    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    is_writer = jax.process_index() == 0  # multi-host: process 0 writes logs, results and the export
+    if is_writer:
+        write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
 
-    trainer = Trainer(config, workdir, model, task)
+    trainer = Trainer(config, workdir, model, task, is_writer=is_writer)
     if trainer.restore_latest():
         log.info("continuing the run in %s", workdir)
     result = trainer.fit()
@@ -180,7 +182,8 @@ def train_and_evaluate(config, workdir: Path) -> dict:
     dev = task.evaluate("dev", result.predict_batches)
     trainer.metrics.write(result.steps, "test", test)
     load_into_model(model, result.parts, result.params, result.frozen)
-    save_pretrained(model, workdir / "export", tokenizer=tokenizer)
+    if is_writer:
+        save_pretrained(model, workdir / "export", tokenizer=tokenizer)
     trainable = sum(int(np.prod(v.shape)) for v in result.params.values())
     results = {
         "dev": dev, "test": test, "best_step": result.loop.best_step, "steps": result.steps,
@@ -191,9 +194,10 @@ def train_and_evaluate(config, workdir: Path) -> dict:
         "compilations": result.compiles, "truncation": dataclasses.asdict(task.truncation),
         "new_head": report.new_head, "tag_scheme": splits.scheme,
     }
-    write_json(workdir / "results.json", results)
     trainer.close()
-    _report(workdir, results)
+    if is_writer:
+        write_json(workdir / "results.json", results)
+        _report(workdir, results)
     return results
 
 

@@ -108,7 +108,7 @@ class Trainer:
         self.state, self.frozen, state_shardings = self._place_state(params, frozen, rng)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.train_step = make_train_step(self.parts, self.tx, task.loss, state_shardings, replicated)
-        self.predict_step = make_predict_step(self.parts, task.predict)
+        self.predict_step = make_predict_step(self.parts, task.predict, replicated)
         log.info(sharding.describe(self.mesh, self.state["params"], self.state["opt_state"]))
         self.checkpoints = Checkpointer(self.workdir / "checkpoints", keep=self.train_cfg.keep_checkpoints,
                                         best_metric=f"dev_{task.main_metric}")

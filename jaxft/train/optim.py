@@ -37,7 +37,7 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
 def make_optimizer(optim, total_steps: int, params: dict) -> optax.GradientTransformation:
     mask = {path: decays(path) for path in params}
     adamw = optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                        weight_decay=optim.weight_decay, mask=mask)
+                        weight_decay=optim.weight_decay, mask=mask, mu_dtype=optim.moments_dtype)
     if optim.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
     return adamw

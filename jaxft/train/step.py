@@ -74,11 +74,12 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
     return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def make_predict_step(parts: ModelParts, predict_fn: PredictFn):
+def make_predict_step(parts: ModelParts, predict_fn: PredictFn, out_sharding=None):
+    """out_sharding: replicated in multi-host runs, so every process can read the whole prediction."""
     def predict_step(params: Flat, frozen: Flat, rng: Flat, batch: dict):
         return predict_fn(parts.merge(params, frozen, rng, train=False), batch)
 
-    return jax.jit(predict_step)
+    return jax.jit(predict_step, out_shardings=out_sharding)
 
 
 def compiled_count(jitted) -> int:
