@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_length = 128
     c.data.label_all_subtokens = False
     c.data.bucket_multiple = 16          # batches are padded to a multiple of this (bounded compiles)
+    c.data.packing = False               # pack several short examples into each row (train and eval)
+    c.data.pack_length = 0               # packed row length; 0: data.max_length
     c.data.label_separator = ","         # multi-label labels written as one string: "a,b" (CSV/TSV)
 
     # sequence classification (task "sequence-classification")
@@ -180,7 +182,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"qa.doc_stride must be in [0, data.max_length), got {config.qa.doc_stride}")
     _positive(config, "train.batch_size", "train.grad_accum_steps", "data.bucket_multiple", "train.log_every",
               "train.keep_checkpoints")
-    _non_negative(config, "train.num_epochs", "train.max_steps", "train.eval_every",
+    _non_negative(config, "data.pack_length", "train.num_epochs", "train.max_steps", "train.eval_every",
                   "train.early_stopping_patience", "train.checkpoint_every", "train.stop_after_step",
                   "optim.weight_decay",
                   "optim.clip_norm")

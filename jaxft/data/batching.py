@@ -8,6 +8,7 @@ function of (seed, epoch): resuming at (epoch, batch index) replays exactly what
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -99,4 +100,93 @@ def map_batches(fn: Callable[[dict[str, np.ndarray]], Any], rows: Sequence[Mappi
         for row_in_batch, index in enumerate(indices):
             cut = (lambda x: x[row_in_batch, :lengths[index]]) if per_token else (lambda x: x[row_in_batch])
             outputs[index] = jax.tree.map(cut, predicted)
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------- packing
+# Several short examples share one row: a block-diagonal attention mask (built on device from
+# `segment_ids`) keeps them apart and `position_ids` restart at each example, so each example's logits
+# are those it would get alone. Every step has the same [rows, pack_length] shape: one compilation.
+
+PACK_WINDOW = 1024  # first-fit-decreasing over windows of this many examples: dense rows, still shuffled
+
+
+def pack_rows(lengths: Sequence[int], order: Sequence[int], pack_length: int) -> list[list[int]]:
+    """Groups of example indices whose lengths sum to at most pack_length (first fit, longest first)."""
+    packed: list[list[int]] = []
+    for start in range(0, len(order), PACK_WINDOW):
+        window = sorted(order[start:start + PACK_WINDOW], key=lambda i: -lengths[i])
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for index in window:
+            if lengths[index] > pack_length:
+                raise ValueError(f"example of length {lengths[index]} exceeds pack_length {pack_length}")
+            for r, free in enumerate(room):
+                if lengths[index] <= free:
+                    rows[r].append(index)
+                    room[r] -= lengths[index]
+                    break
+            else:
+                rows.append([index])
+                room.append(pack_length - lengths[index])
+        packed.extend(rows)
+    return packed
+
+
+def packed_epoch(lengths: Sequence[int], rows_per_batch: int, pack_length: int, seed: int, epoch: int,
+                 shuffle: bool = True) -> list[list[list[int]]]:
+    """Batches (lists of rows, each a list of example indices) for one epoch; a pure function of its args."""
+    lengths = np.asarray(lengths)
+    if shuffle:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(lengths)).tolist()
+    else:
+        order = list(range(len(lengths)))
+    rows = pack_rows(lengths, order, pack_length)
+    if shuffle:
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+    return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
+
+
+def rows_per_packed_batch(lengths: Sequence[int], batch_size: int, pack_length: int) -> int:
+    """Rows that hold about batch_size examples of mean length: a step sees the tokens it would unpacked."""
+    return max(1, math.ceil(batch_size * float(np.mean(lengths)) / pack_length))
+
+
+def collate_packed(rows: Sequence[Mapping[str, np.ndarray]], groups: Sequence[Sequence[int]], num_rows: int,
+                   pack_length: int, pad_values: Mapping[str, int], position_offset: int = 0) -> dict[str, np.ndarray]:
+    """[num_rows, pack_length] arrays: per-token keys, segment_ids (1.. per example, 0 = padding),
+    position_ids (restarting at position_offset for each example) and attention_mask (1 on tokens)."""
+    batch = {key: np.full((num_rows, pack_length), pad, np.int32) for key, pad in pad_values.items()}
+    for key in ("segment_ids", "position_ids", "attention_mask"):
+        batch[key] = np.zeros((num_rows, pack_length), np.int32)
+    for r, group in enumerate(groups):
+        start = 0
+        for segment, index in enumerate(group, start=1):
+            row = rows[index]
+            n = len(row["input_ids"])
+            for key in pad_values:
+                batch[key][r, start:start + n] = row[key]
+            batch["segment_ids"][r, start:start + n] = segment
+            batch["position_ids"][r, start:start + n] = np.arange(n) + position_offset
+            batch["attention_mask"][r, start:start + n] = 1
+            start += n
+    return batch
+
+
+def map_packed(fn: Callable[[dict[str, np.ndarray]], Any], rows: Sequence[Mapping[str, np.ndarray]],
+               num_rows: int, pack_length: int, pad_values: Mapping[str, int], position_offset: int = 0) -> list:
+    """Like map_batches for per-token outputs, over packed rows; each example's output is cut back out."""
+    import jax
+
+    lengths = [len(row["input_ids"]) for row in rows]
+    outputs: list = [None] * len(rows)
+    for groups in packed_epoch(lengths, num_rows, pack_length, seed=0, epoch=0, shuffle=False):
+        batch = collate_packed(rows, groups, num_rows, pack_length, pad_values, position_offset)
+        predicted = jax.device_get(fn(batch))
+        for r, group in enumerate(groups):
+            start = 0
+            for index in group:
+                outputs[index] = jax.tree.map(lambda x: x[r, start:start + lengths[index]], predicted)
+                start += lengths[index]
     return outputs

@@ -56,6 +56,23 @@ def default_position_ids(config: EncoderConfig, input_ids: jax.Array) -> jax.Arr
     return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
 
 
+def packed_position_offset(config: EncoderConfig) -> int:
+    """First position id of an example inside a packed row (what default_position_ids gives a real token)."""
+    return config.pad_token_id + 1 if config.family.positions == "after_padding" else 0
+
+
+def model_inputs(batch: dict) -> dict:
+    """A collated batch -> model keyword arguments. Packed rows (with `segment_ids`) get a block-diagonal
+    [B, T, T] attention mask, so tokens only see tokens of their own example."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "token_type_ids": batch.get("token_type_ids")}
+    if "segment_ids" in batch:
+        segments = batch["segment_ids"]
+        inputs["attention_mask"] = (segments[..., :, None] == segments[..., None, :]) & (segments[..., :, None] > 0)
+        inputs["position_ids"] = batch["position_ids"]
+    return inputs
+
+
 def attention_mask_4d(attention_mask: jax.Array) -> jax.Array:
     """[B, S] key padding mask, or [B, T, S] per-query mask (packed rows) -> boolean [B, 1, T|1, S]."""
     mask = attention_mask.astype(bool)

@@ -23,6 +23,7 @@ from jaxft.data.tags import bio_label_list, entity_types
 from jaxft.data.tokenize import (Encoded, TruncationReport, encode_for_prediction, encode_for_training,
                                  gather_word_predictions)
 from jaxft.evaluate.metrics import ner_metrics
+from jaxft.models.encoder import model_inputs
 from jaxft.tasks.common import resolve_model_path, write_json
 from jaxft.train.step import token_cross_entropy
 
@@ -109,11 +110,10 @@ class NerTask:
                          for name, sentences in self.splits.items() if name != "train"}
 
     def loss(self, model, batch):
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        return token_cross_entropy(logits, batch["labels"])
+        return token_cross_entropy(model(**model_inputs(batch)), batch["labels"])
 
     def predict(self, model, batch):
-        return jax.nn.log_softmax(model(batch["input_ids"], batch["attention_mask"]), axis=-1)
+        return jax.nn.log_softmax(model(**model_inputs(batch)), axis=-1)
 
     def word_log_probs(self, windows: list[Encoded], sentences_tokens, predict_batches: Callable) -> list[np.ndarray]:
         rows = [{"input_ids": w.input_ids, "labels": w.labels} for w in windows]
@@ -151,9 +151,9 @@ def check_labels_known(splits: NerSplits, labels: Sequence[str], model_source: s
 
 def train_and_evaluate(config, workdir: Path) -> dict:
     """data -> model -> train (resuming if the workdir has checkpoints) -> test -> export."""
-    from jaxft.models import TOKEN_CLASSIFICATION, from_pretrained, load_tokenizer, save_pretrained
+    from jaxft.models import TOKEN_CLASSIFICATION, from_pretrained, load_tokenizer
+    from jaxft.peft import run as peft_run
     from jaxft.train.loop import Trainer
-    from jaxft.train.state import load_into_model
 
     splits = read_splits(config.data)
     labels = label_list(splits)
@@ -171,7 +171,9 @@ def train_and_evaluate(config, workdir: Path) -> dict:
     if is_writer:
         write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
 
-    trainer = Trainer(config, workdir, model, task, is_writer=is_writer)
+    trainable = peft_run.setup(config, model, task)  # PEFT method / freezing / adversarial loss, by config
+    trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=is_writer)
+    peft_run.check_base(config, workdir, trainer, model_path, is_writer)
     if trainer.restore_latest():
         log.info("continuing the run in %s", workdir)
     result = trainer.fit()
@@ -181,9 +183,8 @@ def train_and_evaluate(config, workdir: Path) -> dict:
     test = task.evaluate("test", result.predict_batches)
     dev = task.evaluate("dev", result.predict_batches)
     trainer.metrics.write(result.steps, "test", test)
-    load_into_model(model, result.parts, result.params, result.frozen)
-    if is_writer:
-        save_pretrained(model, workdir / "export", tokenizer=tokenizer)
+    # export/ (merged LoRA when PEFT is on) and, for LoRA/DoRA, export_adapter/ in peft's format
+    exports = peft_run.export(config, model, result, workdir, model_path, tokenizer, is_writer)
     trainable = sum(int(np.prod(v.shape)) for v in result.params.values())
     results = {
         "dev": dev, "test": test, "best_step": result.loop.best_step, "steps": result.steps,
@@ -193,6 +194,7 @@ def train_and_evaluate(config, workdir: Path) -> dict:
         "tokens_per_sec": result.loop.tokens_seen / max(result.loop.train_seconds, 1e-9),
         "compilations": result.compiles, "truncation": dataclasses.asdict(task.truncation),
         "new_head": report.new_head, "tag_scheme": splits.scheme,
+        "peft_method": config.peft.method, "exports": sorted(exports),
     }
     trainer.close()
     if is_writer:

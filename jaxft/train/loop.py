@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxft.data.batching import DataPosition, bucket_lengths, collate, epoch_batches, map_batches
+from jaxft.data.batching import DataPosition
+from jaxft.models.encoder import packed_position_offset
 from jaxft.evaluate.reports import MetricsWriter, ProgressBar
 from jaxft.train import sharding
+from jaxft.train.batches import plan_batches
 from jaxft.train.checkpoint import Checkpointer
 from jaxft.train.optim import learning_rate_schedule, make_optimizer
 from jaxft.train.state import Flat, ModelParts, split_model
@@ -79,15 +81,11 @@ class TrainResult:
     finished: bool = True        # False: stopped at train.stop_after_step; re-run to continue
 
 
-def steps_per_epoch(num_rows: int, train_config) -> int:
-    rows_per_step = train_config.batch_size * train_config.grad_accum_steps
-    return math.ceil(num_rows / rows_per_step)
-
-
-def total_steps(num_rows: int, train_config) -> int:
+def count_steps(batches, train_config) -> int:
+    """Optimizer steps of the whole run: max_steps, or the epochs' batches (packing varies them a little)."""
     if train_config.max_steps > 0:
         return train_config.max_steps
-    return steps_per_epoch(num_rows, train_config) * train_config.num_epochs
+    return sum(len(batches.epoch(epoch)) for epoch in range(train_config.num_epochs))
 
 
 class Trainer:
@@ -97,14 +95,15 @@ class Trainer:
         self.workdir = Path(workdir)
         self.task = task
         self.train_cfg = config.train
-        self.buckets = bucket_lengths(config.data.max_length, config.data.bucket_multiple)
-        split_args = () if trainable is None else (trainable,)
-        self.parts, params, frozen, rng = split_model(model, *split_args)
-        self.total_steps = total_steps(len(task.train_rows), self.train_cfg)
-        self.tx = make_optimizer(config.optim, self.total_steps, params)
-        self.schedule = learning_rate_schedule(config.optim, self.total_steps)
         self.mesh = sharding.make_mesh(config.mesh)
         self._check_batch_fits_mesh()
+        self.batches = plan_batches(task.train_rows, config.data, self.train_cfg, task.pad_values,
+                                    packed_position_offset(model.config), sharding.batch_rows_per_shard(self.mesh))
+        split_args = () if trainable is None else (trainable,)
+        self.parts, params, frozen, rng = split_model(model, *split_args)
+        self.total_steps = count_steps(self.batches, self.train_cfg)
+        self.tx = make_optimizer(config.optim, self.total_steps, params)
+        self.schedule = learning_rate_schedule(config.optim, self.total_steps)
         self.state, self.frozen, state_shardings = self._place_state(params, frozen, rng)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.train_step = make_train_step(self.parts, self.tx, task.loss, state_shardings, replicated)
@@ -160,30 +159,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ batches
 
-    def _train_batch(self, rows: Sequence[dict]) -> dict[str, np.ndarray]:
-        accum, batch_size = self.train_cfg.grad_accum_steps, self.train_cfg.batch_size
-        batch = collate(rows, accum * batch_size, self.buckets, self.task.pad_values)
-        batch = {k: v.reshape(accum, batch_size, *v.shape[1:]) for k, v in batch.items()}
-        return sharding.put_batch(batch, self.mesh, batch_axis=1)
-
     def predict_batches(self, rows: Sequence[dict], params: Flat | None = None) -> list[np.ndarray]:
         """Task predictions for every row (in the given order), each cut to the row's length."""
         params = self.state["params"] if params is None else params
+
         def run(batch):
             return self.predict_step(params, self.frozen, self.state["rng"],
                                      sharding.put_batch(batch, self.mesh, batch_axis=0))
 
-        return map_batches(run,
-                           rows, self.train_cfg.batch_size * 2, self.buckets, self.task.pad_values,
-                           per_token=getattr(self.task, "per_token_outputs", True))
+        return self.batches.predict(run, rows, per_token=getattr(self.task, "per_token_outputs", True))
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
-        rows = self.task.train_rows
-        rows_per_step = self.train_cfg.batch_size * self.train_cfg.grad_accum_steps
-        per_epoch = steps_per_epoch(len(rows), self.train_cfg)
-        lengths = [len(row["input_ids"]) for row in rows]
         step = int(self.state["step"])
         progress = ProgressBar(self.total_steps, enabled=self.is_writer and self.train_cfg.progress_bar)
         progress.update(step)
@@ -192,19 +180,19 @@ class Trainer:
         stop = step >= self.total_steps
         position = self.loop.position
         while not stop:
-            groups = epoch_batches(lengths, rows_per_step, self.train_cfg.seed, position.epoch)
+            groups = self.batches.epoch(position.epoch)
             for batch_index in range(position.batch, len(groups)):
-                batch = self._train_batch([rows[i] for i in groups[batch_index]])
+                batch = sharding.put_batch(self.batches.collate(groups[batch_index]), self.mesh, batch_axis=1)
                 self.state, step_metrics = self.train_step(self.state, self.frozen, batch)
                 pending.add(step_metrics)
-                self.loop.tokens_seen += sum(int(np.asarray(rows[i]["input_ids"]).size) for i in groups[batch_index])
+                self.loop.tokens_seen += self.batches.tokens(groups[batch_index])
                 step += 1
                 at_epoch_end = batch_index + 1 == len(groups)
                 next_position = (DataPosition(position.epoch + 1, 0) if at_epoch_end
                                  else DataPosition(position.epoch, batch_index + 1))
                 if step % self.train_cfg.log_every == 0:
                     self._log_train(step, pending, started, progress)
-                evaluated = self._eval_due(step, at_epoch_end, per_epoch)
+                evaluated = self._eval_due(step, at_epoch_end)
                 if evaluated or self._checkpoint_due(step):
                     self.loop.position = next_position
                     self.loop.train_seconds += time.perf_counter() - started
@@ -231,7 +219,7 @@ class Trainer:
         self.checkpoints.wait()
         return self._result(step)
 
-    def _eval_due(self, step: int, at_epoch_end: bool, per_epoch: int) -> bool:
+    def _eval_due(self, step: int, at_epoch_end: bool) -> bool:
         every = self.train_cfg.eval_every
         return step % every == 0 if every else at_epoch_end
 

@@ -1,0 +1,84 @@
+"""Which examples each step takes, and in what layout: length buckets, or packed rows.
+
+Both plans are pure functions of (seed, epoch), so a resumed run replays the same batches, and both give
+a bounded set of array shapes: padded plans one shape per length bucket, packed plans a single shape.
+A plan's batches come out as host arrays shaped [grad_accum_steps, rows, length].
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from jaxft.data import batching
+
+
+class PaddedBatches:
+    """batch_size examples per micro-batch, padded to the smallest length bucket that holds them."""
+
+    packed = False
+
+    def __init__(self, rows: Sequence[Mapping[str, np.ndarray]], *, batch_size: int, accum: int, max_length: int,
+                 bucket_multiple: int, pad_values: Mapping[str, int], seed: int):
+        self.rows, self.batch_size, self.accum, self.seed = rows, batch_size, accum, seed
+        self.pad_values = pad_values
+        self.buckets = batching.bucket_lengths(max_length, bucket_multiple)
+        self.lengths = [len(row["input_ids"]) for row in rows]
+
+    def epoch(self, epoch: int) -> list:
+        return batching.epoch_batches(self.lengths, self.batch_size * self.accum, self.seed, epoch)
+
+    def collate(self, group) -> dict[str, np.ndarray]:
+        batch = batching.collate([self.rows[i] for i in group], self.accum * self.batch_size, self.buckets,
+                                 self.pad_values)
+        return {k: v.reshape(self.accum, self.batch_size, *v.shape[1:]) for k, v in batch.items()}
+
+    def tokens(self, group) -> int:
+        return sum(self.lengths[i] for i in group)
+
+    def predict(self, fn, rows, per_token: bool) -> list:
+        return batching.map_batches(fn, rows, self.batch_size * 2, self.buckets, self.pad_values,
+                                    per_token=per_token)
+
+
+class PackedBatches:
+    """Rows of pack_length tokens, each holding several examples; about batch_size examples a micro-batch."""
+
+    packed = True
+
+    def __init__(self, rows: Sequence[Mapping[str, np.ndarray]], *, batch_size: int, accum: int, pack_length: int,
+                 pad_values: Mapping[str, int], seed: int, position_offset: int, row_multiple: int = 1):
+        self.rows, self.accum, self.seed, self.pack_length = rows, accum, seed, pack_length
+        self.pad_values, self.position_offset = pad_values, position_offset
+        self.lengths = [len(row["input_ids"]) for row in rows]
+        rows_needed = batching.rows_per_packed_batch(self.lengths, batch_size, pack_length)
+        self.rows_per_batch = -(-rows_needed // row_multiple) * row_multiple  # a multiple of the batch shards
+
+    def epoch(self, epoch: int) -> list:
+        return batching.packed_epoch(self.lengths, self.rows_per_batch * self.accum, self.pack_length,
+                                     self.seed, epoch)
+
+    def collate(self, group) -> dict[str, np.ndarray]:
+        batch = batching.collate_packed(self.rows, group, self.accum * self.rows_per_batch, self.pack_length,
+                                        self.pad_values, self.position_offset)
+        return {k: v.reshape(self.accum, self.rows_per_batch, *v.shape[1:]) for k, v in batch.items()}
+
+    def tokens(self, group) -> int:
+        return sum(self.lengths[i] for row in group for i in row)
+
+    def predict(self, fn, rows, per_token: bool) -> list:
+        if not per_token:
+            raise ValueError("packed evaluation needs per-token outputs; use data.packing=False for this task")
+        return batching.map_packed(fn, rows, self.rows_per_batch * 2, self.pack_length, self.pad_values,
+                                   self.position_offset)
+
+
+def plan_batches(rows, data_config, train_config, pad_values, position_offset: int, row_multiple: int):
+    if data_config.packing:
+        return PackedBatches(rows, batch_size=train_config.batch_size, accum=train_config.grad_accum_steps,
+                             pack_length=data_config.pack_length or data_config.max_length, pad_values=pad_values,
+                             seed=train_config.seed, position_offset=position_offset, row_multiple=row_multiple)
+    return PaddedBatches(rows, batch_size=train_config.batch_size, accum=train_config.grad_accum_steps,
+                         max_length=data_config.max_length, bucket_multiple=data_config.bucket_multiple,
+                         pad_values=pad_values, seed=train_config.seed)
