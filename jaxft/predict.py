@@ -81,9 +81,20 @@ def read_lines(stream: TextIO) -> Iterator[str]:
 
 
 def run_predict(model_dir: str, input_path: str | None, output: TextIO = sys.stdout, *,
-                max_length: int = 128, batch_size: int = 32, chunk: int = 256) -> int:
-    """Predict one sentence per input line (stdin when no path); writes one JSON object per line."""
+                max_length: int = 128, batch_size: int = 32, chunk: int = 256, input_format: str = "text") -> int:
+    """Predict one sentence per input line (stdin when no path), or the sentences of a CoNLL file (first
+    column; words joined by single spaces for the offsets); writes one JSON object per sentence."""
     classifier = TokenClassifier(model_dir, max_length=max_length, batch_size=batch_size)
+    if input_format == "conll":
+        from jaxft.data.readers import read_conll
+        if input_path in (None, "-"):
+            raise ValueError("--format conll needs --input FILE")
+        sentences = read_conll(input_path, tag_column=None)
+        texts = [" ".join(sentence.tokens) for sentence in sentences]
+        for start in range(0, len(texts), chunk):
+            for result in classifier.predict_texts(texts[start:start + chunk]):
+                output.write(json.dumps(result, ensure_ascii=False) + "\n")
+        return len(texts)
     stream = sys.stdin if input_path in (None, "-") else open(input_path, encoding="utf-8")
     count = 0
     with stream:

@@ -21,8 +21,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxft.data.batching import DataPosition
-from jaxft.models.encoder import packed_position_offset
 from jaxft.evaluate.reports import MetricsWriter, ProgressBar
+from jaxft.models.encoder import packed_position_offset
 from jaxft.train import sharding
 from jaxft.train.batches import plan_batches
 from jaxft.train.checkpoint import Checkpointer

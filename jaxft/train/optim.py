@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import optax
 
@@ -38,6 +39,42 @@ def make_optimizer(optim, total_steps: int, params: dict) -> optax.GradientTrans
     mask = {path: decays(path) for path in params}
     adamw = optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                         weight_decay=optim.weight_decay, mask=mask, mu_dtype=optim.moments_dtype)
+    if getattr(optim, "layer_decay", 1.0) < 1.0:
+        adamw = optax.chain(adamw, scale_by_layer_decay(params, optim.layer_decay))
     if optim.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
     return adamw
+
+
+# ---------------------------------------------------------------------------------------------- layer-wise LR decay
+
+_LAYER = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
+
+
+def layer_depth(path: str, num_layers: int) -> int:
+    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for everything above (pooler, head)."""
+    match = _LAYER.search(path)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if ".embeddings" in f".{path}" else num_layers + 1
+
+
+def layer_decay_factors(params: dict, decay: float) -> dict[str, float]:
+    """lr multiplier per parameter: decay ** (num_layers + 1 - depth) (ELECTRA/BEiT layer-wise decay)."""
+    depths = [int(m.group(1)) for m in (_LAYER.search(p) for p in params) if m]
+    num_layers = max(depths) + 1 if depths else 0
+    return {path: decay ** (num_layers + 1 - layer_depth(path, num_layers)) for path in params}
+
+
+def scale_by_layer_decay(params: dict, decay: float) -> optax.GradientTransformation:
+    """Multiply each parameter's update (AdamW's lr-scaled step, decoupled weight decay included) by its
+    layer's factor: the same as a per-layer learning rate."""
+    factors = layer_decay_factors(params, decay)
+
+    def init(_):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        return {path: u * factors[path] for path, u in updates.items()}, state
+
+    return optax.GradientTransformation(init, update)
