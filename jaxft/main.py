@@ -168,6 +168,9 @@ def _predict_command(argv: list[str]) -> int:
     parser.add_argument("--max-length", type=int, default=None,
                         help="NER: 128 by default; classification/QA: the training max_length by default")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--format", choices=("text", "conll"), default="text",
+                        help="NER input: text (one sentence a line, split on whitespace) or conll (tokens in the "
+                             "first column, blank lines between sentences)")
     args = parser.parse_args(argv)
     from jaxft.config import ConfigError
     from jaxft.data.errors import DataError
@@ -180,12 +183,13 @@ def _predict_command(argv: list[str]) -> int:
         task = exported_task(args.model)
         if task == "token-classification":
             from jaxft.predict import run_predict
-            run_predict(args.model, args.input, max_length=args.max_length or 128, batch_size=args.batch_size)
+            run_predict(args.model, args.input, max_length=args.max_length or 128, batch_size=args.batch_size,
+                        input_format=args.format)
         else:
             import importlib
             module = importlib.import_module(PREDICT_RUNNERS[task])
             module.run_predict(args.model, args.input, max_length=args.max_length, batch_size=args.batch_size)
-    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError) as err:
+    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -160,3 +160,16 @@ def test_data_error_names_file_and_line(tmp_path):
                     f"--config.data.train_file={bad}"], timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2:")
+
+
+def test_predict_reads_conll_tokens(uninterrupted, tmp_path):
+    conll = tmp_path / "in.conll"
+    conll.write_text("-DOCSTART-\tO\n\nEmpire\tB-facility\nState\tI-facility\n\n@paulwalk\nIt\n's\n", encoding="utf-8")
+    done = run_cli([sys.executable, "-m", "jaxft.main", "predict", "--model", str(uninterrupted / "export"),
+                    "--input", str(conll), "--format", "conll"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["text"] for o in outputs] == ["Empire State", "@paulwalk It 's"]
+    for output in outputs:
+        for entity in output["entities"]:
+            assert output["text"][entity["start"]:entity["end"]] == entity["text"]

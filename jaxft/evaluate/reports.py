@@ -108,13 +108,13 @@ def _dev_metric_name(records: list[dict]) -> str:
     return "f1" if has_f1 else "accuracy"
 
 
-def plot_training_curves(metrics_jsonl_path, png_path) -> Path:
-    """Two panels: train loss vs step, and dev F1 (or accuracy) vs step. Returns the PNG path."""
+def plot_training_curves(metrics_jsonl_path, png_path, dev_metric: str | None = None) -> Path:
+    """Two panels: train loss vs step, and the dev metric (default: F1, else accuracy) vs step."""
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, touches no display
 
     records = read_metrics(metrics_jsonl_path)
     loss_steps, losses = _series(records, "train", "loss")
-    dev_metric = _dev_metric_name(records)
+    dev_metric = dev_metric or _dev_metric_name(records)
     dev_steps, dev_values = _series(records, "dev", dev_metric)
 
     figure = Figure(figsize=(11, 4))

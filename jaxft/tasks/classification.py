@@ -456,7 +456,7 @@ def train_and_evaluate(config, workdir: Path) -> dict:
 def _report(workdir: Path, results: dict, main_metric: str) -> None:
     from jaxft.evaluate.reports import plot_training_curves
 
-    plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png")
+    plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png", main_metric)
     text = format_report(results["test"], "test")
     print(text)
     (workdir / "report_test.txt").write_text(text + "\n")
