@@ -29,7 +29,7 @@ from jaxft.data.text_readers import (TEXT_EXTENSIONS, TextExample, read_hf_text_
 from jaxft.evaluate.classification_metrics import (multi_label_metrics, plot_confusion_matrix,
                                                    regression_metrics, single_label_metrics, tune_threshold)
 from jaxft.models.encoder import model_inputs
-from jaxft.tasks.common import resolve_model_path, write_json
+from jaxft.tasks.common import export_and_summarise, fit, is_writer, resolve_model_path, write_json
 
 log = logging.getLogger("jaxft.classification")
 
@@ -377,8 +377,6 @@ def truncation_summary(count: TruncationCount, split: str) -> str:
 def train_and_evaluate(config, workdir: Path) -> dict:
     """data -> model -> train (resuming if the workdir has checkpoints) -> dev/test -> export."""
     from jaxft.models import SEQUENCE_CLASSIFICATION, from_pretrained, load_tokenizer
-    from jaxft.peft import run as peft_run
-    from jaxft.train.loop import Trainer
 
     cls, data = config.classification, config.data
     if data.train_file == PACKAGED_TWEETS_NER and not data.hf_dataset:
@@ -407,39 +405,19 @@ def train_and_evaluate(config, workdir: Path) -> dict:
                               label_separator=data.label_separator, main_metric=cls.main_metric)
     log.info("tokenized: %s", "; ".join(truncation_summary(count, name) for name, count in task.truncation.items()
                                          if count.examples))
-    is_writer = jax.process_index() == 0  # multi-host: process 0 writes logs, results and the export
-    if is_writer:
-        write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
-
-    trainable = peft_run.setup(config, model, task)  # PEFT method / freezing / adversarial loss, by config
-    trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=is_writer)
-    peft_run.check_base(config, workdir, trainer, model_path, is_writer)
-    if trainer.restore_latest():
-        log.info("continuing the run in %s", workdir)
-    result = trainer.fit()
+    trainer, result = fit(config, workdir, model, task, model_path)
     if not result.finished:
         trainer.close()
         return {"stopped_at_step": result.steps}
     dev = task.evaluate("dev", result.predict_batches)  # first: a multi-label threshold is tuned here
     test = task.evaluate("test", result.predict_batches)
-    trainer.metrics.write(result.steps, "test", test)
-    exports = peft_run.export(config, model, result, workdir, model_path, tokenizer, is_writer)
-    trainable = sum(int(np.prod(v.shape)) for v in result.params.values())
-    results = {
-        "dev": dev, "test": test, "best_step": result.loop.best_step, "steps": result.steps,
-        "main_metric": task.main_metric, "problem_type": cls.problem_type, "labels": labels,
-        "trainable_params": trainable,
-        "total_params": trainable + sum(int(np.prod(v.shape)) for v in result.frozen.values()),
-        "train_seconds": result.loop.train_seconds, "train_tokens": result.loop.tokens_seen,
-        "tokens_per_sec": result.loop.tokens_seen / max(result.loop.train_seconds, 1e-9),
-        "compilations": result.compiles,
-        "truncation": {name: dataclasses.asdict(count) for name, count in task.truncation.items()},
-        "new_head": report.new_head, "peft_method": config.peft.method, "exports": sorted(exports),
-    }
+    exports, results = export_and_summarise(config, workdir, model, trainer, result, model_path, tokenizer,
+                                            dev, test, report)
+    results.update({"main_metric": task.main_metric, "problem_type": cls.problem_type, "labels": labels,
+                    "truncation": {name: dataclasses.asdict(count) for name, count in task.truncation.items()}})
     if cls.problem_type == MULTI:
         results["threshold"] = task.threshold
-    trainer.close()
-    if is_writer:
+    if is_writer():
         for name, metrics in (("dev", dev), ("test", test)):
             if "confusion_matrix" in metrics:
                 plot_confusion_matrix(metrics["confusion_matrix"], labels,

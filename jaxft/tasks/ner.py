@@ -7,7 +7,6 @@ drop a word (long sentences are split, see data.tokenize), and word-level tags a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,7 +23,7 @@ from jaxft.data.tokenize import (Encoded, TruncationReport, encode_for_predictio
                                  gather_word_predictions)
 from jaxft.evaluate.metrics import ner_metrics
 from jaxft.models.encoder import model_inputs
-from jaxft.tasks.common import resolve_model_path, write_json
+from jaxft.tasks.common import export_and_summarise, fit, is_writer, resolve_model_path, write_json
 from jaxft.train.step import token_cross_entropy
 
 log = logging.getLogger("jaxft.ner")
@@ -152,9 +151,6 @@ def check_labels_known(splits: NerSplits, labels: Sequence[str], model_source: s
 def train_and_evaluate(config, workdir: Path) -> dict:
     """data -> model -> train (resuming if the workdir has checkpoints) -> test -> export."""
     from jaxft.models import TOKEN_CLASSIFICATION, from_pretrained, load_tokenizer
-    from jaxft.peft import run as peft_run
-    from jaxft.train.loop import Trainer
-
     splits = read_splits(config.data)
     labels = label_list(splits)
     log.info("data: %d train / %d dev / %d test sentences, scheme %s, %d labels%s", len(splits.train),
@@ -167,37 +163,17 @@ def train_and_evaluate(config, workdir: Path) -> dict:
                                     ignore_mismatched_sizes=True, output_loading_info=True)
     task = NerTask(tokenizer, splits, labels, config.data.max_length, config.data.label_all_subtokens)
     log.info("tokenized: %s", truncation_summary(task.truncation))
-    is_writer = jax.process_index() == 0  # multi-host: process 0 writes logs, results and the export
-    if is_writer:
-        write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
-
-    trainable = peft_run.setup(config, model, task)  # PEFT method / freezing / adversarial loss, by config
-    trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=is_writer)
-    peft_run.check_base(config, workdir, trainer, model_path, is_writer)
-    if trainer.restore_latest():
-        log.info("continuing the run in %s", workdir)
-    result = trainer.fit()
+    trainer, result = fit(config, workdir, model, task, model_path)
     if not result.finished:
         trainer.close()
         return {"stopped_at_step": result.steps}
     test = task.evaluate("test", result.predict_batches)
     dev = task.evaluate("dev", result.predict_batches)
-    trainer.metrics.write(result.steps, "test", test)
     # export/ (merged LoRA when PEFT is on) and, for LoRA/DoRA, export_adapter/ in peft's format
-    exports = peft_run.export(config, model, result, workdir, model_path, tokenizer, is_writer)
-    trainable = sum(int(np.prod(v.shape)) for v in result.params.values())
-    results = {
-        "dev": dev, "test": test, "best_step": result.loop.best_step, "steps": result.steps,
-        "trainable_params": trainable,
-        "total_params": trainable + sum(int(np.prod(v.shape)) for v in result.frozen.values()),
-        "train_seconds": result.loop.train_seconds, "train_tokens": result.loop.tokens_seen,
-        "tokens_per_sec": result.loop.tokens_seen / max(result.loop.train_seconds, 1e-9),
-        "compilations": result.compiles, "truncation": dataclasses.asdict(task.truncation),
-        "new_head": report.new_head, "tag_scheme": splits.scheme,
-        "peft_method": config.peft.method, "exports": sorted(exports),
-    }
-    trainer.close()
-    if is_writer:
+    _, results = export_and_summarise(config, workdir, model, trainer, result, model_path, tokenizer, dev, test,
+                                      report)
+    results.update({"truncation": dataclasses.asdict(task.truncation), "tag_scheme": splits.scheme})
+    if is_writer():
         write_json(workdir / "results.json", results)
         _report(workdir, results)
     return results

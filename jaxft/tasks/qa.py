@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -31,7 +30,7 @@ from jaxft.data.readers import split_fixed
 from jaxft.data.text_readers import QAExample, read_hf_squad, read_squad
 from jaxft.evaluate.qa_metrics import best_null_threshold, best_scores, squad_metrics
 from jaxft.models.encoder import model_inputs
-from jaxft.tasks.common import resolve_model_path, write_json
+from jaxft.tasks.common import export_and_summarise, fit, is_writer, resolve_model_path, write_json
 
 log = logging.getLogger("jaxft.qa")
 TASK_FILE = "jaxft_task.json"
@@ -330,8 +329,6 @@ class QATask:
 def train_and_evaluate(config, workdir: Path) -> dict:
     """SQuAD-format data -> model -> train (resuming) -> dev/test EM/F1 -> export (+ predictions files)."""
     from jaxft.models import QUESTION_ANSWERING, from_pretrained, load_tokenizer
-    from jaxft.peft import run as peft_run
-    from jaxft.train.loop import Trainer
 
     data, qa = config.data, config.qa
     if data.train_file == PACKAGED_TWEETS_NER and not data.hf_dataset:
@@ -356,36 +353,16 @@ def train_and_evaluate(config, workdir: Path) -> dict:
         if stats["questions_cut"] or stats["answers_outside_every_window"]:
             log.info("%s: %d questions cut to qa.max_query_length; %d answers in no window (trained as no answer)",
                      name, stats["questions_cut"], stats["answers_outside_every_window"])
-    is_writer = jax.process_index() == 0  # multi-host: process 0 writes logs, results and the export
-    if is_writer:
-        write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
-
-    trainable = peft_run.setup(config, model, task)  # PEFT method / freezing / adversarial loss, by config
-    trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=is_writer)
-    peft_run.check_base(config, workdir, trainer, model_path, is_writer)
-    if trainer.restore_latest():
-        log.info("continuing the run in %s", workdir)
-    result = trainer.fit()
+    trainer, result = fit(config, workdir, model, task, model_path)
     if not result.finished:
         trainer.close()
         return {"stopped_at_step": result.steps}
     dev = task.evaluate("dev", result.predict_batches)  # first: the v2 null threshold is tuned here
     test = task.evaluate("test", result.predict_batches)
-    trainer.metrics.write(result.steps, "test", test)
-    exports = peft_run.export(config, model, result, workdir, model_path, tokenizer, is_writer)
-    trainable = sum(int(np.prod(v.shape)) for v in result.params.values())
-    results = {
-        "dev": dev, "test": test, "best_step": result.loop.best_step, "steps": result.steps,
-        "version_2": task.version_2, "windows": task.stats,
-        "trainable_params": trainable,
-        "total_params": trainable + sum(int(np.prod(v.shape)) for v in result.frozen.values()),
-        "train_seconds": result.loop.train_seconds, "train_tokens": result.loop.tokens_seen,
-        "tokens_per_sec": result.loop.tokens_seen / max(result.loop.train_seconds, 1e-9),
-        "compilations": result.compiles, "new_head": report.new_head, "peft_method": config.peft.method,
-        "exports": sorted(exports),
-    }
-    trainer.close()
-    if is_writer:
+    exports, results = export_and_summarise(config, workdir, model, trainer, result, model_path, tokenizer,
+                                            dev, test, report)
+    results.update({"version_2": task.version_2, "windows": task.stats})
+    if is_writer():
         for name in ("dev", "test"):
             if name in task.last_predictions:
                 write_json(workdir / f"predictions_{name}.json",
