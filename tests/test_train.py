@@ -182,3 +182,15 @@ def test_bfloat16_first_moment():
     state = make_optimizer(config.optim, 10, params).init(params)
     dtypes = {str(leaf.dtype) for leaf in __import__("jax").tree.leaves(state) if getattr(leaf, "ndim", 0) == 2}
     assert dtypes == {"bfloat16", "float32"}  # mu in bfloat16, nu stays float32
+
+
+def test_early_stopping_keeps_the_best_evaluation(tiny_bert, small_ner_file, tmp_path):
+    from jaxft.main import run
+
+    # A learning rate this small leaves dev F1 where it starts: no evaluation improves on the first one.
+    config = tiny_ner_config(tiny_bert, small_ner_file, **{"train.num_epochs": 5, "optim.learning_rate": 1e-12,
+                                                           "train.early_stopping_patience": 1})
+    results = run(config, tmp_path)
+    per_epoch = int(np.ceil(140 / 8))
+    assert results["best_step"] == per_epoch
+    assert results["steps"] == 2 * per_epoch  # stopped after one evaluation without improvement
