@@ -65,22 +65,19 @@ def small_ner_file(tmp_path_factory, tweets_ner_path) -> Path:
     return path
 
 
-def tiny_ner_config(model: Path, train_file: Path, **overrides):
-    """The NER recipe pointed at a tiny model and small data: seconds per run on 2 cores."""
+def recipe_config(recipe: str, model: Path, train_file: Path, **overrides):
+    """configs/<recipe>.py pointed at a model and a train file, with dotted-key overrides
+    ({"train.num_epochs": 3}); tests use tiny models and small files, so runs take seconds."""
     import importlib.util as iu
 
-    spec = iu.spec_from_file_location("ner_recipe", Path(__file__).parent.parent / "configs" / "ner.py")
-    recipe = iu.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    config = recipe.get_config()
+    spec = iu.spec_from_file_location(f"{recipe}_recipe", Path(__file__).parent.parent / "configs" / f"{recipe}.py")
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
     config.model.name_or_path = str(model)
     config.data.train_file = str(train_file)
-    config.data.max_length = 64
-    config.train.batch_size = 8
-    config.train.num_epochs = 2
-    config.train.log_every = 5
     config.train.progress_bar = False
-    config.optim.learning_rate = 1e-3
+    config.train.log_every = 5
     for dotted, value in overrides.items():
         node = config
         *parents, leaf = dotted.split(".")
@@ -88,3 +85,9 @@ def tiny_ner_config(model: Path, train_file: Path, **overrides):
             node = node[parent]
         node[leaf] = value
     return config
+
+
+def tiny_ner_config(model: Path, train_file: Path, **overrides):
+    """The NER recipe pointed at a tiny model and small data: seconds per run on 2 cores."""
+    defaults = {"data.max_length": 64, "train.batch_size": 8, "train.num_epochs": 2, "optim.learning_rate": 1e-3}
+    return recipe_config("ner", model, train_file, **{**defaults, **overrides})

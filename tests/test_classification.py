@@ -2,7 +2,6 @@
 (single-label pairs through the CLI and predict, multi-label with a tuned threshold, regression) on a tiny model."""
 
 import bz2
-import importlib.util
 import json
 import os
 import random
@@ -17,6 +16,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import recipe_config as conftest_recipe_config
 from jaxft.config import ConfigError
 from jaxft.data.errors import DataError
 from jaxft.data.text_readers import read_packaged_rotten_tomatoes, read_text_examples
@@ -35,25 +35,8 @@ FILLER = "the film had a plot some actors and a long middle part with music".spl
 
 def recipe_config(model, train_file, **overrides):
     """configs/sentiment.py pointed at a tiny model and small files: seconds per run."""
-    spec = importlib.util.spec_from_file_location("sentiment_recipe", REPO / "configs" / "sentiment.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    config = recipe.get_config()
-    config.model.name_or_path = str(model)
-    config.data.train_file = str(train_file)
-    config.data.max_length = 32
-    config.train.batch_size = 16
-    config.train.num_epochs = 4
-    config.train.log_every = 5
-    config.train.progress_bar = False
-    config.optim.learning_rate = 2e-3
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    defaults = {"data.max_length": 32, "train.batch_size": 16, "train.num_epochs": 4, "optim.learning_rate": 2e-3}
+    return conftest_recipe_config("sentiment", model, train_file, **{**defaults, **overrides})
 
 
 def sentence(rng, word):

@@ -512,3 +512,18 @@ def test_lora_is_sharded_and_matches_one_device(tiny_bert, small_ner_file, tmp_p
     eight = train(tmp_path / "eight", 8, "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
     assert sorted(one) == sorted(eight) == list(range(1, 7))
     assert max(abs(one[s] - eight[s]) for s in one) < 1e-5
+
+
+def test_ner_lora_recipe_trains_under_two_percent_of_minilm(minilm_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ner_lora", REPO / "configs" / "ner_lora.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    config = recipe.get_config()
+    validate(config)
+    model = jm.from_pretrained(minilm_path, task=jm.TOKEN_CLASSIFICATION, num_labels=21)
+    from jaxft.peft import run as peft_run
+    trainable = peft_run.setup(config, model)
+    train, total = count_params(model, trainable)
+    assert train / total < 0.02  # head included

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import recipe_config
 from jaxft.data.errors import DataError
 from jaxft.data.text_readers import QAExample, read_squad
 from jaxft.evaluate.qa_metrics import best_null_threshold, exact_match, f1, normalize_answer, squad_metrics
@@ -49,29 +50,9 @@ def make_squad(path: Path, n: int, seed: int = 0, impossible_every: int = 0) -> 
 
 
 def qa_config(model, train_file, **overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("qa_recipe", REPO / "configs" / "qa.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    config = recipe.get_config()
-    config.model.name_or_path = str(model)
-    config.data.train_file = str(train_file)
-    config.data.max_length = 48
-    config.qa.doc_stride = 16
-    config.qa.max_query_length = 16
-    config.train.batch_size = 16
-    config.train.num_epochs = 5
-    config.train.log_every = 5
-    config.train.progress_bar = False
-    config.optim.learning_rate = 2e-3
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    defaults = {"data.max_length": 48, "qa.doc_stride": 16, "qa.max_query_length": 16, "train.batch_size": 16,
+                "train.num_epochs": 5, "optim.learning_rate": 2e-3}
+    return recipe_config("qa", model, train_file, **{**defaults, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------- metrics
