@@ -25,10 +25,9 @@ import numpy as np
 from flax import nnx
 
 from jaxft.models.heads import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, TaskModel
-from jaxft.models.hf import hf_key, read_checkpoint, save_pretrained
+from jaxft.models.hf import hf_key, save_pretrained
 from jaxft.peft.lora import LoraLinear, PeftParam, dotted, linear_modules, merge, set_module
-from jaxft.peft.methods import (LORA_METHODS, PeftConfig, apply_peft, head_modules, param_paths,
-                                peft_info)
+from jaxft.peft.methods import LORA_METHODS, PeftConfig, apply_peft, head_modules, peft_info
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"
