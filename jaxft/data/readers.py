@@ -159,7 +159,7 @@ def read_table(
     suffix = Path(path).suffix.lower()
     columns = [tokens_column] + ([tags_column] if tags_column is not None else [])
     if suffix == ".parquet":
-        rows = _parquet_rows(path, columns)
+        rows = parquet_rows(path, columns)
     elif suffix == ".jsonl":
         rows = jsonl_rows(path)
     elif suffix == ".json":
@@ -211,7 +211,7 @@ def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         yield f"{path}:{number}", row
 
 
-def _parquet_rows(path: str | os.PathLike, columns: list[str]) -> Iterator[tuple[str, dict]]:
+def parquet_rows(path: str | os.PathLike, columns: Sequence[str]) -> Iterator[tuple[str, dict]]:
     import pyarrow.parquet as pq
 
     if not Path(path).exists():
@@ -223,7 +223,7 @@ def _parquet_rows(path: str | os.PathLike, columns: list[str]) -> Iterator[tuple
     missing = [column for column in columns if column not in names]
     if missing:
         raise DataError(path, f"no column {missing[0]!r}; the file has columns: {column_names_text(names)}")
-    table = pq.read_table(path, columns=columns)
+    table = pq.read_table(path, columns=list(columns))
     for index, row in enumerate(table.to_pylist()):
         yield f"{path}:row {index}", row
 

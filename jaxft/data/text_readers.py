@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from jaxft.data.errors import DataError
-from jaxft.data.readers import json_rows, jsonl_rows, column_names_text, packaged_path, read_text
+from jaxft.data.readers import column_names_text, json_rows, jsonl_rows, packaged_path, parquet_rows, read_text
 
 TEXT_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 COMPRESSIONS = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
@@ -70,7 +70,7 @@ def read_text_examples(path: str | os.PathLike, text_column: str = "text", text_
     elif suffix == ".json":
         rows = json_rows(path)
     elif suffix == ".parquet":
-        rows = _parquet_rows(path, columns)
+        rows = parquet_rows(path, columns)
     else:
         raise DataError(path, f"unknown file extension {suffix!r}: expected one of {', '.join(TEXT_EXTENSIONS)}"
                               f" (CSV/TSV may end in {', '.join(COMPRESSIONS)})")
@@ -139,22 +139,6 @@ def _delimited_rows(path, delimiter: str, columns: Sequence[str]) -> Iterator[tu
             raise DataError(path, f"{len(values)} fields but the header has {len(header)} "
                                   f"(a field with the delimiter or a newline needs quotes)", start)
         yield f"{path}:{start}", dict(zip(header, values))
-
-
-def _parquet_rows(path, columns: Sequence[str]) -> Iterator[tuple[str, dict]]:
-    import pyarrow.parquet as pq
-
-    if not Path(path).exists():
-        raise DataError(path, "file not found")
-    try:
-        names = pq.read_schema(path).names
-    except Exception as error:  # pyarrow raises several types for unreadable files
-        raise DataError(path, f"not a readable parquet file: {error}") from None
-    missing = [column for column in columns if column not in names]
-    if missing:
-        raise DataError(path, f"no column {missing[0]!r}; the file has columns: {column_names_text(names)}")
-    for index, row in enumerate(pq.read_table(path, columns=list(columns)).to_pylist()):
-        yield f"{path}:row {index}", row
 
 
 def _row_to_example(where: str, row: dict, text_column: str, text_pair_column: str,
