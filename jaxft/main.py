@@ -1,4 +1,4 @@
-"""Command line: train (default), predict.
+"""Command line: train (default), and the subcommands in SUBCOMMANDS (predict, ...).
 
     python -m jaxft.main --config configs/ner.py [--workdir DIR] [--config.optim.learning_rate=3e-5 ...]
     python -m jaxft.main predict --model DIR/export [--input sentences.txt]
@@ -15,13 +15,22 @@ import os
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("predict",)
+# subcommand -> "module:function" taking the arguments after the subcommand and returning an exit status.
+# Without a subcommand (or with "train") the arguments are a training run's flags.
+SUBCOMMANDS = {
+    "predict": "jaxft.main:_predict_command",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and argv[1] == "train":
+        argv = argv[:1] + argv[2:]
     if len(argv) > 1 and argv[1] in SUBCOMMANDS:
-        return _predict_command(argv[2:])
+        import importlib
+
+        module, function = SUBCOMMANDS[argv[1]].split(":")
+        return getattr(importlib.import_module(module), function)(argv[2:])
     return _train_command(argv)
 
 
