@@ -91,8 +91,9 @@ class Embeddings(nnx.Module):
         self.LayerNorm = layer_norm(width, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
 
-    def __call__(self, input_ids, position_ids, token_type_ids):
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+    def __call__(self, input_ids, position_ids, token_type_ids, inputs_embeds=None):
+        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        x = words + self.position_embeddings(position_ids)
         if hasattr(self, "token_type_embeddings"):
             x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
@@ -221,15 +222,18 @@ class Encoder(nnx.Module):
         if add_pooler:
             self.pooler = Pooler(config, dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-        """Last hidden states [batch, seq, hidden]. attention_mask: [B, S] padding or [B, T, S] packed rows."""
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        """Last hidden states [batch, seq, hidden]. attention_mask: [B, S] padding or [B, T, S] packed rows.
+        inputs_embeds [B, S, embedding_size], when given, stands in for the word-embedding lookup of input_ids
+        (position and token-type embeddings are still added; input_ids still give the shape and, for RoBERTa,
+        the positions): attributions differentiate through it (jaxft.explain)."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         if position_ids is None:
             position_ids = default_position_ids(self.config, input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, position_ids, token_type_ids)
+        x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)
         if hasattr(self, "embeddings_project"):
             x = self.embeddings_project(x)
         return self.encoder(x, attention_mask_4d(attention_mask))

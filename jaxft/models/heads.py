@@ -1,23 +1,27 @@
 """Task models: the encoder under its Hugging Face prefix plus each family's own task head.
 
-Calling a model: `model(input_ids, attention_mask, token_type_ids=None, position_ids=None)` returns float32
-logits: [batch, seq, labels] for tokens, [batch, labels] for sequences, (start, end) each [batch, seq] for QA.
+Calling a model: `model(input_ids, attention_mask, token_type_ids=None, position_ids=None, inputs_embeds=None)`
+returns float32 logits: [batch, seq, labels] for tokens, [batch, labels] for sequences, (start, end) each
+[batch, seq] for QA. `inputs_embeds` replaces the word-embedding lookup (see Encoder.__call__).
 Dropout is active only after `model.train()` (NNX convention; `model.eval()` turns it off).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxft.models.config import EncoderConfig
-from jaxft.models.encoder import Encoder, dense
+from jaxft.models.encoder import Encoder, activation, dense, layer_norm
 
 TOKEN_CLASSIFICATION = "token-classification"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 QUESTION_ANSWERING = "question-answering"
-TASKS = (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION, QUESTION_ANSWERING)
+MASKED_LM = "masked-lm"
+TASKS = (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM)
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -55,8 +59,8 @@ class ForTokenClassification(TaskModel):
         self.dropout = nnx.Dropout(config.classifier_dropout, rngs=rngs)
         self.classifier = dense(config.hidden_size, len(labels), ("embed", None), dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         return self.classifier(self.dropout(hidden)).astype(jnp.float32)
 
 
@@ -101,8 +105,8 @@ class ForSequenceClassification(TaskModel):
             return self.backbone.pooler(hidden)
         return jax.nn.relu(self.pre_classifier(hidden[:, 0]))
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         if isinstance(self.classifier, ClassificationHead):
             return self.classifier(hidden).astype(jnp.float32)
         return self.classifier(self.dropout(self.pooled(hidden))).astype(jnp.float32)
@@ -117,16 +121,130 @@ class ForQuestionAnswering(TaskModel):
         self.dropout = nnx.Dropout(config.qa_dropout, rngs=rngs)
         self.qa_outputs = dense(config.hidden_size, 2, ("embed", None), dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         logits = self.qa_outputs(self.dropout(hidden)).astype(jnp.float32)
         return logits[..., 0], logits[..., 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmLayout:
+    """Where a family keeps its masked-LM head in a Hugging Face checkpoint (module paths, dotted)."""
+
+    dense: str          # transform dense (hidden -> embedding width)
+    norm: str           # LayerNorm after the activation
+    bias: str           # module holding the output bias over the vocabulary
+    decoder: str        # module holding the decoder weight when it is not tied to the word embeddings
+    activation: str     # "config": the encoder's hidden_act; else a fixed activation name
+    tied_aliases: tuple[str, ...] = ()  # checkpoint keys that are copies of tied weights (never needed)
+
+
+MLM_LAYOUTS = {
+    "bert": MlmLayout("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions",
+                      "cls.predictions.decoder", "config",
+                      ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")),
+    "roberta": MlmLayout("lm_head.dense", "lm_head.layer_norm", "lm_head", "lm_head.decoder", "gelu",
+                         ("lm_head.decoder.weight", "lm_head.decoder.bias")),
+    "distilbert": MlmLayout("vocab_transform", "vocab_layer_norm", "vocab_projector", "vocab_projector", "config",
+                            ("vocab_projector.weight",)),
+    "electra": MlmLayout("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head",
+                         "generator_lm_head", "gelu", ("generator_lm_head.weight",)),
+}
+
+
+class _Node(nnx.Module):
+    """An empty module: the intermediate names of a Hugging Face path ("cls", "predictions")."""
+
+
+class _OutputBias(nnx.Module):
+    """The vocabulary bias (and, untied, the decoder kernel [embedding, vocab]) under the family's name."""
+
+    def __init__(self, width: int, vocab: int, tied: bool, *, rngs: nnx.Rngs):
+        self.bias = nnx.Param(jnp.zeros((vocab,), jnp.float32), out_sharding=("vocab",), eager_sharding=False)
+        if not tied:
+            self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (width, vocab), jnp.float32),
+                                    out_sharding=("embed", "vocab"), eager_sharding=False)
+
+
+class ForMaskedLM(TaskModel):
+    """Encoder + the family's masked-LM head: dense -> activation -> LayerNorm -> decoder (tied to the word
+    embeddings unless the config says tie_word_embeddings=false) + bias. Parameter paths are the family's
+    Hugging Face names (BERT "cls.predictions.*", RoBERTa "lm_head.*", DistilBERT "vocab_*", ELECTRA
+    "generator_*"), so weights load from and save to *ForMaskedLM checkpoints.
+
+    `masked_positions` [batch, k] (optional): logits only at those positions, [batch, k, vocab] - the
+    training loss needs the ~15% masked positions, not a [batch, seq, vocab] tensor.
+    `add_pooler`: keep BERT's pooler (not used here) so that a base checkpoint's pooler survives into the
+    export and a later sequence-classification fine-tune starts from it.
+    """
+
+    task = MASKED_LM
+
+    def __init__(self, config: EncoderConfig, labels=(), hf_config_json: str = "{}", *, dtype=jnp.float32,
+                 remat: str = "none", add_pooler: bool = False, tied: bool = True, rngs: nnx.Rngs):
+        if config.family.prefix not in MLM_LAYOUTS:
+            raise ValueError(f"no masked-LM head layout for {config.model_type}")
+        self._init_backbone(config, (), hf_config_json, add_pooler, dtype, rngs, remat)
+        layout = self.mlm_layout
+        width, hidden = config.embedding_size, config.hidden_size
+        # the bias module first: BERT's transform lives inside it ("cls.predictions" + ".transform.dense")
+        self._place(layout.bias, _OutputBias(width, config.vocab_size, tied, rngs=rngs))
+        self._place(layout.dense, dense(hidden, width, ("embed", None), dtype=dtype, rngs=rngs))
+        self._place(layout.norm, layer_norm(width, config.layer_norm_eps, dtype=dtype, rngs=rngs))
+        self.tied = tied
+        self.separate_decoder = not tied and layout.decoder != layout.bias
+        if self.separate_decoder:
+            self._place(layout.decoder, nnx.Linear(
+                width, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=nnx.initializers.normal(0.02), rngs=rngs,
+                kernel_metadata={"out_sharding": (None, "vocab"), "eager_sharding": False}))
+
+    @property
+    def mlm_layout(self) -> MlmLayout:
+        return MLM_LAYOUTS[self.config.family.prefix]
+
+    def _place(self, dotted: str, module: nnx.Module) -> None:
+        node = self
+        *parents, name = dotted.split(".")
+        for part in parents:
+            if not hasattr(node, part):
+                setattr(node, part, _Node())
+            node = getattr(node, part)
+        setattr(node, name, module)
+
+    def _find(self, dotted: str):
+        node = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    def head(self, hidden):
+        """Hidden states [..., hidden] -> vocabulary logits [..., vocab] (float32)."""
+        layout = self.mlm_layout
+        act = activation(self.config.hidden_act if layout.activation == "config" else layout.activation)
+        x = self._find(layout.norm)(act(self._find(layout.dense)(hidden)))
+        output = self._find(layout.bias)
+        if self.tied:
+            logits = self.backbone.embeddings.word_embeddings.attend(x)
+        elif self.separate_decoder:
+            logits = self._find(layout.decoder)(x)
+        else:
+            logits = x @ output.kernel.get_value().astype(x.dtype)
+        return logits.astype(jnp.float32) + output.bias.get_value()
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 masked_positions=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+        if masked_positions is not None:
+            hidden = jnp.take_along_axis(hidden, masked_positions[..., None].astype(jnp.int32), axis=1)
+        return self.head(hidden)
 
 
 TASK_MODELS = {
     TOKEN_CLASSIFICATION: ForTokenClassification,
     SEQUENCE_CLASSIFICATION: ForSequenceClassification,
     QUESTION_ANSWERING: ForQuestionAnswering,
+    MASKED_LM: ForMaskedLM,
 }
 
 # Hugging Face class-name suffix per task, for config.json "architectures".
@@ -135,4 +253,5 @@ HF_ARCHITECTURE_SUFFIX = {
     TOKEN_CLASSIFICATION: "ForTokenClassification",
     SEQUENCE_CLASSIFICATION: "ForSequenceClassification",
     QUESTION_ANSWERING: "ForQuestionAnswering",
+    MASKED_LM: "ForMaskedLM",
 }

@@ -1,0 +1,464 @@
+"""Attributions per input token and word: integrated gradients (IG) and gradient x input.
+
+    python -m jaxft.main explain --model runs/sentiment/export --text "a gripping, funny film" [--html out.html]
+    python -m jaxft.main explain --model runs/ner/export --text "Barack Obama visited Paris" --method gxi
+
+What is attributed
+    Classification: one scalar, the logit of the target label (the predicted label unless `target` names
+    one; regression: the value). NER: one scalar per predicted entity, the sum over the entity's words of
+    the logit of each word's predicted tag (B-x, I-x, ...) at the word's first sub-token, the position
+    whose logits decide the word's tag (as `predict` reads them). `target` restricts NER to one entity type.
+
+Where the path runs
+    The model is driven from its word embeddings (`inputs_embeds`, the hook in jaxft/models/encoder.py);
+    position and token-type embeddings stay the input's at every point. The baseline keeps the special
+    tokens ([CLS], [SEP], <s>, ...) and replaces the word embedding of every other token by the [PAD]
+    token's (baseline "pad", the default: the input with its words blanked out, at the same positions and
+    segments) or by zeros (baseline "zero"). Since the baseline differs from the input only in word
+    embeddings, the straight path between the two summed word+position+type embeddings is the same path.
+
+Methods
+    ig   IG_i = (x_i - x'_i) . integral_0^1 grad F(x' + a (x - x')) da, summed over the embedding
+         width for each token i. The integral is a quadrature over `steps` points: Gauss-Legendre (rule
+         "gauss-legendre", the default: exact for polynomials of degree 2 * steps - 1, so it converges far
+         faster than a Riemann sum for a smooth network) or the midpoint Riemann sum (rule "riemann").
+         Completeness: the attributions add up to F(x) - F(x'); each explanation reports the gap
+         |sum - (F(x) - F(x'))| and the gap relative to |F(x) - F(x')|. The steps are evaluated as one
+         batch through a jit-compiled gradient (in chunks of `step_batch` rows, one compilation per length).
+    gxi  gradient x input: x_i . grad F(x) at the input, summed over the width (no baseline; its sum is
+         not F(x) - F(x') and no gap is reported).
+
+Words
+    Sub-token attributions are summed into the whitespace-separated words of the input (NER: the words
+    `predict` tags; classification: the words of the text, and of the pair text, found by character
+    offsets). Special tokens belong to no word. Sums keep completeness at the word level.
+
+Output: `explain()` returns a JSON-ready dict; `render_html()` turns it into one self-contained HTML page
+(inline CSS, no scripts or external assets, every text escaped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METHODS = ("ig", "gxi")
+RULES = ("gauss-legendre", "riemann")
+BASELINES = ("pad", "zero")
+
+
+# ---------------------------------------------------------------------------------------------- quadrature
+
+def path_points(steps: int, rule: str = "gauss-legendre") -> tuple[np.ndarray, np.ndarray]:
+    """(alphas in (0, 1), weights summing to 1) for integrating over the path with `steps` points."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if rule == "gauss-legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return (nodes + 1.0) / 2.0, weights / 2.0
+    if rule == "riemann":
+        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
+    raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+@dataclasses.dataclass
+class EncodedInput:
+    input_ids: np.ndarray          # int32 [T]
+    token_type_ids: np.ndarray     # int32 [T]
+    tokens: list[str]              # sub-token strings
+    token_words: np.ndarray        # int [T]: index into `words`, -1 for special tokens
+    special: np.ndarray            # bool [T]: kept in the baseline
+    words: list[dict]              # {"text", "start", "end"} (+ "segment" 1 for the pair text)
+
+
+def _whitespace_words(text: str, segment: int | None = None) -> list[dict]:
+    words = []
+    for match in re.finditer(r"\S+", text):
+        word = {"text": match.group(), "start": match.start(), "end": match.end()}
+        if segment is not None:
+            word["segment"] = segment
+        words.append(word)
+    return words
+
+
+def encode_text_input(tokenizer, text: str, text_pair: str | None, max_length: int) -> EncodedInput:
+    """Classification input as training encoded it (special tokens, truncation to max_length), with each
+    sub-token mapped to a whitespace word by its character offsets."""
+    encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length, padding=False,
+                         return_offsets_mapping=True, return_token_type_ids=True, return_attention_mask=False,
+                         verbose=False)
+    ids = np.asarray(encoding["input_ids"], np.int32)
+    types = encoding.get("token_type_ids")
+    types = np.zeros_like(ids) if types is None else np.asarray(types, np.int32)
+    sequence_ids = encoding.sequence_ids()
+    offsets = encoding["offset_mapping"]
+    segments = [_whitespace_words(text, 0 if text_pair is not None else None)]
+    if text_pair is not None:
+        segments.append(_whitespace_words(text_pair, 1))
+    words = [w for segment in segments for w in segment]
+    first_index = [0, len(segments[0])]
+    token_words = np.full(len(ids), -1, np.int64)
+    for position, (sequence, (start, end)) in enumerate(zip(sequence_ids, offsets)):
+        if sequence is None or end <= start:
+            continue
+        for j, word in enumerate(segments[sequence]):
+            if word["start"] <= start < word["end"]:
+                token_words[position] = first_index[sequence] + j
+                break
+    special = np.array([s is None for s in sequence_ids], bool)
+    return EncodedInput(ids, types, tokenizer.convert_ids_to_tokens(ids.tolist()), token_words, special, words)
+
+
+def encode_word_input(tokenizer, text: str, max_length: int) -> EncodedInput:
+    """NER input as `predict` encodes it: whitespace words, one window (an error when it needs more)."""
+    from jaxft.data.tokenize import encode_for_prediction
+    from jaxft.evaluate.metrics import word_char_offsets
+
+    words = text.split()
+    if not words:
+        raise ValueError("the text has no words to explain")
+    windows = encode_for_prediction(tokenizer, [words], max_length)
+    if len(windows) > 1:
+        raise ValueError(f"the text needs more than max_length={max_length} sub-tokens; explain a shorter text "
+                         "or raise --max-length")
+    window = windows[0]
+    ids = window.input_ids.astype(np.int32)
+    offsets = word_char_offsets(text, words)
+    return EncodedInput(ids, np.zeros_like(ids), tokenizer.convert_ids_to_tokens(ids.tolist()),
+                        window.word_ids.astype(np.int64), window.word_ids < 0,
+                        [{"text": w, "start": s, "end": e} for w, (s, e) in zip(words, offsets)])
+
+
+# ---------------------------------------------------------------------------------------------- the jitted core
+
+def _make_functions(parts):
+    """(forward, attribute): both jit-compiled pure functions over the split model's arrays."""
+
+    def embeddings(model, ids, keep, pad_id, fill_scale):
+        table = model.backbone.embeddings.word_embeddings.embedding[...]
+        x = table[ids]                                        # [T, H]
+        fill = table[pad_id] * fill_scale                     # [PAD]'s row, or zeros
+        return x, jnp.where(keep[:, None], x, fill[None, :])
+
+    def run(model, ids, types, embeds):
+        rows = embeds.shape[0]
+        ids_b = jnp.broadcast_to(ids, (rows, ids.shape[0]))
+        types_b = jnp.broadcast_to(types, (rows, ids.shape[0]))
+        return model(ids_b, jnp.ones_like(ids_b), types_b, inputs_embeds=embeds)
+
+    def forward(params, frozen, rng, ids, types, keep, pad_id, fill_scale):
+        """Logits at the baseline and at the input: [2, ...]."""
+        model = parts.merge(params, frozen, rng, train=False)
+        x, base = embeddings(model, ids, keep, pad_id, fill_scale)
+        return run(model, ids, types, jnp.stack([base, x]))
+
+    def attribute(params, frozen, rng, ids, types, keep, pad_id, fill_scale, weights, alphas, coefficients):
+        """Summed coefficient-weighted gradients of the target over a chunk of path points -> (grad [T, H],
+        input embeddings [T, H], baseline embeddings [T, H])."""
+        model = parts.merge(params, frozen, rng, train=False)
+        x, base = embeddings(model, ids, keep, pad_id, fill_scale)
+
+        def total(path):
+            logits = run(model, ids, types, path)
+            per_point = jnp.sum(logits * weights, axis=tuple(range(1, logits.ndim)))
+            return jnp.sum(per_point * coefficients)
+
+        path = base[None] + alphas[:, None, None] * (x - base)[None]
+        return jax.grad(total)(path).sum(0), x, base
+
+    return jax.jit(forward), jax.jit(attribute)
+
+
+# ---------------------------------------------------------------------------------------------- explainer
+
+class Explainer:
+    """IG / gradient x input for a token- or sequence-classification model (from an exported folder, or a
+    model object and its tokenizer)."""
+
+    def __init__(self, model, tokenizer, *, max_length: int = 128, problem_type: str | None = None,
+                 step_batch: int = 64):
+        from jaxft.models import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+        from jaxft.train.state import split_model
+
+        if model.task not in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION):
+            raise ValueError(f"explain supports token and sequence classification models, not {model.task!r}")
+        self.task = model.task
+        self.labels = list(model.labels)
+        self.problem_type = problem_type or getattr(model, "problem_type", None)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.step_batch = step_batch
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        parts, *self._arrays = split_model(model)
+        self._forward, self._attribute = _make_functions(parts)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, *, max_length: int | None = None, step_batch: int = 64):
+        from jaxft.main import exported_task
+        from jaxft.models import from_pretrained, load_tokenizer
+        from jaxft.tasks.classification import read_task_file
+
+        task = exported_task(str(model_dir))
+        info = read_task_file(model_dir) if task == "sequence-classification" else {}
+        model = from_pretrained(model_dir, task=task)
+        return cls(model, load_tokenizer(model_dir), max_length=int(max_length or info.get("max_length", 128)),
+                   problem_type=info.get("problem_type"), step_batch=step_batch)
+
+    @property
+    def entity_types(self) -> list[str]:
+        return sorted({label.split("-", 1)[1] for label in self.labels if "-" in label})
+
+    # ------------------------------------------------------------------ public
+
+    def explain(self, text: str, *, text_pair: str | None = None, method: str = "ig", steps: int = 50,
+                rule: str = "gauss-legendre", baseline: str = "pad", target: str | None = None) -> dict:
+        """Attributions for one input; see the module docstring for targets, path, methods and output."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
+        alphas, coefficients = path_points(steps, rule) if method == "ig" else (np.ones(1), np.ones(1))
+        token_task = self.task == "token-classification"
+        if token_task:
+            if text_pair is not None:
+                raise ValueError("NER models take one text, not a pair")
+            if target is not None and target not in self.entity_types:
+                raise ValueError(f"unknown target entity type {target!r}; this model's types: "
+                                 f"{', '.join(self.entity_types)}")
+            encoded = encode_word_input(self.tokenizer, text, self.max_length)
+        else:
+            if target is not None and target not in self.labels:
+                raise ValueError(f"unknown target label {target!r}; this model's labels: {', '.join(self.labels)}")
+            encoded = encode_text_input(self.tokenizer, text, text_pair, self.max_length)
+        inputs = (jnp.asarray(encoded.input_ids), jnp.asarray(encoded.token_type_ids),
+                  jnp.asarray(encoded.special), jnp.int32(self.pad_id),
+                  jnp.float32(1.0 if baseline == "pad" else 0.0))
+        logits = np.asarray(self._forward(*self._arrays, *inputs), np.float64)  # [2, K] or [2, T, K]
+        if token_task:
+            prediction, targets = self._entity_targets(text, encoded, logits[1], target)
+        else:
+            prediction, targets = self._label_targets(logits[1], target)
+        result: dict[str, Any] = {
+            "task": self.task, "text": text, "method": method, "baseline": baseline if method == "ig" else None,
+            "steps": int(steps) if method == "ig" else None, "rule": rule if method == "ig" else None,
+            "tokens": encoded.tokens, "token_words": encoded.token_words.tolist(), "words": encoded.words,
+            "prediction": prediction, "explanations": []}
+        if text_pair is not None:
+            result["text_pair"] = text_pair
+        for description, weights in targets:
+            token_attr = self._token_attributions(inputs, weights, alphas, coefficients, method)
+            result["explanations"].append(self._explanation(description, weights, logits, token_attr, encoded,
+                                                            method))
+        return result
+
+    # ------------------------------------------------------------------ targets
+
+    def _label_targets(self, logits: np.ndarray, target: str | None):
+        index = self.labels.index(target) if target is not None else int(np.argmax(logits))
+        prediction: dict[str, Any] = {"logits": {l: float(v) for l, v in zip(self.labels, logits)}}
+        if self.problem_type == "regression":
+            prediction["value"] = float(logits[0])
+        elif self.problem_type == "multi_label_classification":
+            prediction["probabilities"] = {l: float(p) for l, p in zip(self.labels, 1 / (1 + np.exp(-logits)))}
+        else:
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            best = int(np.argmax(logits))
+            prediction.update(label=self.labels[best], score=float(probs[best]),
+                              probabilities={l: float(p) for l, p in zip(self.labels, probs)})
+        weights = np.zeros(len(self.labels), np.float32)
+        weights[index] = 1.0
+        return prediction, [({"label": self.labels[index], "given": target is not None}, weights)]
+
+    def _entity_targets(self, text: str, encoded: EncodedInput, logits: np.ndarray, entity_type: str | None):
+        from jaxft.evaluate.metrics import decode_entities
+
+        previous = np.concatenate([[-1], encoded.token_words[:-1]])
+        first_positions = np.flatnonzero((encoded.token_words >= 0) & (encoded.token_words != previous))
+        word_position = np.empty(len(encoded.words), np.int64)
+        word_position[encoded.token_words[first_positions]] = first_positions
+        word_logits = logits[word_position]                              # [words, K]
+        tag_ids = word_logits.argmax(-1)
+        probs = np.exp(word_logits - word_logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        scores = probs[np.arange(len(tag_ids)), tag_ids]
+        tags = [self.labels[i] for i in tag_ids]
+        words = [w["text"] for w in encoded.words]
+        offsets = [(w["start"], w["end"]) for w in encoded.words]
+        entities = decode_entities(words, tags, [float(s) for s in scores], offsets, text=text)
+        public = [{k: e[k] for k in ("type", "text", "start", "end", "start_word", "end_word", "score")}
+                  for e in entities]
+        targets = []
+        for entity in public:
+            if entity_type is not None and entity["type"] != entity_type:
+                continue
+            weights = np.zeros(logits.shape, np.float32)                 # [T, K]
+            for word in range(entity["start_word"], entity["end_word"]):
+                weights[word_position[word], tag_ids[word]] = 1.0
+            description = {"entity": entity, "tags": tags[entity["start_word"]:entity["end_word"]]}
+            targets.append((description, weights))
+        return {"tags": tags, "entities": public}, targets
+
+    # ------------------------------------------------------------------ attributions
+
+    def _token_attributions(self, inputs, weights, alphas, coefficients, method) -> np.ndarray:
+        chunk = max(1, min(self.step_batch, len(alphas)))
+        padded = -(-len(alphas) // chunk) * chunk                          # same chunk shape every call
+        alphas = np.concatenate([alphas, np.zeros(padded - len(alphas))]).astype(np.float32)
+        coefficients = np.concatenate([coefficients, np.zeros(padded - len(coefficients))]).astype(np.float32)
+        weights = jnp.asarray(weights)
+        grad = None
+        for start in range(0, padded, chunk):
+            g, x, base = self._attribute(*self._arrays, *inputs, weights, jnp.asarray(alphas[start:start + chunk]),
+                                         jnp.asarray(coefficients[start:start + chunk]))
+            g = np.asarray(g, np.float64)
+            grad = g if grad is None else grad + g
+        x, base = np.asarray(x, np.float64), np.asarray(base, np.float64)
+        difference = x - base if method == "ig" else x
+        return (difference * grad).sum(-1)
+
+    def _explanation(self, description, weights, logits, token_attr, encoded, method) -> dict:
+        values = (logits * weights).reshape(2, -1).sum(-1)               # F(baseline), F(input)
+        word_attr = np.zeros(len(encoded.words))
+        inside = encoded.token_words >= 0
+        np.add.at(word_attr, encoded.token_words[inside], token_attr[inside])
+        explanation = {"target": description, "value": float(values[1]),
+                       "attribution_sum": float(token_attr.sum()),
+                       "token_attributions": [float(a) for a in token_attr],
+                       "word_attributions": [float(a) for a in word_attr]}
+        if method == "ig":
+            delta = values[1] - values[0]
+            gap = abs(token_attr.sum() - delta)
+            explanation.update(baseline_value=float(values[0]), completeness_gap=float(gap),
+                               relative_gap=float(gap / abs(delta)) if delta else None)
+        return explanation
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 60em; }
+h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin-top: 1.6em; }
+.meta { color: #555; font-size: 0.9em; }
+.text { line-height: 2.2em; font-size: 1.1em; }
+.w, .t { padding: 0.15em 0.3em; margin: 0 0.1em; border-radius: 0.25em; }
+.t { font-family: monospace; font-size: 0.85em; }
+.pair { border-left: 3px solid #888; padding-left: 0.5em; }
+.legend span { padding: 0.1em 0.5em; }
+"""
+
+
+def _colour(value: float, scale: float) -> str:
+    strength = 0.0 if scale <= 0 else min(1.0, abs(value) / scale)
+    rgb = "214, 39, 40" if value > 0 else "31, 119, 180"
+    return f"rgba({rgb}, {strength * 0.85:.3f})"
+
+
+def _spans(items: Sequence[str], values: Sequence[float], css: str) -> str:
+    scale = max((abs(v) for v in values), default=0.0)
+    return " ".join(f'<span class="{css}" style="background: {_colour(v, scale)}" title="{v:+.4g}">'
+                    f"{html.escape(item)}</span>" for item, v in zip(items, values))
+
+
+def _describe(target: dict) -> str:
+    if "entity" in target:
+        entity = target["entity"]
+        return (f'entity "{entity["text"]}" ({entity["type"]}, characters {entity["start"]}-{entity["end"]}, '
+                f'tags {" ".join(target["tags"])})')
+    return f'label "{target["label"]}"' + (" (given)" if target.get("given") else " (predicted)")
+
+
+def render_html(result: dict) -> str:
+    """A self-contained page: one heat map of word attributions per explanation (red: for the target,
+    blue: against; each row scaled to its own largest magnitude; hover for the value), plus sub-tokens."""
+    esc = html.escape
+    method = "integrated gradients" if result["method"] == "ig" else "gradient x input"
+    detail = (f'{result["steps"]} steps ({result["rule"]}), baseline {result["baseline"]}'
+              if result["method"] == "ig" else "no baseline")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>jaxft explain: {esc(result['text'][:60])}</title>", f"<style>{_CSS}</style></head><body>",
+             f"<h1>{esc(method)}</h1>", f'<p class="meta">{esc(result["task"])}; {esc(detail)}</p>',
+             '<p class="legend meta"><span style="background: rgba(214, 39, 40, 0.6)">for the target</span> '
+             '<span style="background: rgba(31, 119, 180, 0.6)">against</span></p>']
+    prediction = result["prediction"]
+    if "label" in prediction:
+        parts.append(f'<p>prediction: <b>{esc(prediction["label"])}</b> ({prediction["score"]:.3f})</p>')
+    if not result["explanations"]:
+        parts.append("<p>nothing to explain (no entity predicted"
+                     f"{' of that type' if result['task'] == 'token-classification' else ''}).</p>")
+    words = [w["text"] for w in result["words"]]
+    segments = [w.get("segment", 0) for w in result["words"]]
+    for explanation in result["explanations"]:
+        parts.append(f"<h2>{esc(_describe(explanation['target']))}</h2>")
+        numbers = f'target value {explanation["value"]:.4f}; attributions sum {explanation["attribution_sum"]:.4f}'
+        if explanation.get("baseline_value") is not None:
+            numbers += (f'; baseline value {explanation["baseline_value"]:.4f}; completeness gap '
+                        f'{explanation["completeness_gap"]:.2e}')
+        parts.append(f'<p class="meta">{esc(numbers)}</p>')
+        values = explanation["word_attributions"]
+        for segment in sorted(set(segments)):
+            chosen = [i for i, s in enumerate(segments) if s == segment]
+            css = "text pair" if segment else "text"
+            parts.append(f'<p class="{css}">' + _spans([words[i] for i in chosen], [values[i] for i in chosen], "w")
+                         + "</p>")
+        parts.append('<p class="meta">sub-tokens: ' + _spans(result["tokens"], explanation["token_attributions"], "t")
+                     + "</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxft.main explain",
+        description="Attribute a classification or NER prediction to the input words (integrated gradients or "
+                    "gradient x input); prints JSON, optionally writes an HTML heat map.")
+    parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/sentiment/export)")
+    parser.add_argument("--text", required=True, help="the input text (NER: words split on whitespace)")
+    parser.add_argument("--text-pair", default=None, help="second text, for sentence-pair classifiers")
+    parser.add_argument("--method", choices=METHODS, default="ig")
+    parser.add_argument("--steps", type=int, default=50, help="IG quadrature points (default 50)")
+    parser.add_argument("--rule", choices=RULES, default="gauss-legendre", help="IG quadrature rule")
+    parser.add_argument("--baseline", choices=BASELINES, default="pad",
+                        help="IG baseline word embeddings: [PAD]'s (default) or zeros; special tokens kept")
+    parser.add_argument("--target", default=None,
+                        help="classification: label to explain (default: the predicted one); NER: only entities "
+                             "of this type")
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--html", default=None, help="also write a self-contained HTML heat map here")
+    parser.add_argument("--output", default=None, help="write the JSON here instead of stdout")
+    args = parser.parse_args(argv)
+    from jaxft.config import ConfigError
+    from jaxft.data.errors import DataError
+    from jaxft.models import ModelLoadError, UnsupportedModelError
+
+    try:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        explainer = Explainer.from_pretrained(args.model, max_length=args.max_length)
+        result = explainer.explain(args.text, text_pair=args.text_pair, method=args.method, steps=args.steps,
+                                   rule=args.rule, baseline=args.baseline, target=args.target)
+    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, ensure_ascii=False, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    if args.html:
+        Path(args.html).write_text(render_html(result), encoding="utf-8")
+    return 0
