@@ -19,6 +19,7 @@ from pathlib import Path
 # Without a subcommand (or with "train") the arguments are a training run's flags.
 SUBCOMMANDS = {
     "predict": "jaxft.main:_predict_command",
+    "explain": "jaxft.explain:main",
 }
 
 
