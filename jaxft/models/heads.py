@@ -188,16 +188,15 @@ class ForMaskedLM(TaskModel):
         layout = self.mlm_layout
         width, hidden = config.embedding_size, config.hidden_size
         # the bias module first: BERT's transform lives inside it ("cls.predictions" + ".transform.dense")
-        self._place(layout.bias, _OutputBias(width, config.vocab_size, tied, rngs=rngs))
+        self._place(layout.bias, _OutputBias(width, config.vocab_size, tied or layout.decoder != layout.bias,
+                                             rngs=rngs))
         self._place(layout.dense, dense(hidden, width, ("embed", None), dtype=dtype, rngs=rngs))
         self._place(layout.norm, layer_norm(width, config.layer_norm_eps, dtype=dtype, rngs=rngs))
         self.tied = tied
         self.separate_decoder = not tied and layout.decoder != layout.bias
         if self.separate_decoder:
-            self._place(layout.decoder, nnx.Linear(
-                width, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                kernel_init=nnx.initializers.normal(0.02), rngs=rngs,
-                kernel_metadata={"out_sharding": (None, "vocab"), "eager_sharding": False}))
+            # transformers 5 untied: the decoder Linear has its own bias and the head's bias goes unused
+            self._place(layout.decoder, dense(width, config.vocab_size, (None, "vocab"), dtype=dtype, rngs=rngs))
 
     @property
     def mlm_layout(self) -> MlmLayout:
@@ -227,7 +226,7 @@ class ForMaskedLM(TaskModel):
         if self.tied:
             logits = self.backbone.embeddings.word_embeddings.attend(x)
         elif self.separate_decoder:
-            logits = self._find(layout.decoder)(x)
+            return self._find(layout.decoder)(x).astype(jnp.float32)
         else:
             logits = x @ output.kernel.get_value().astype(x.dtype)
         return logits.astype(jnp.float32) + output.bias.get_value()

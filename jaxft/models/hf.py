@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxft import faults
 from jaxft.models.config import EncoderConfig, read_hf_config
 from jaxft.models.encoder import Encoder
-from jaxft.models.heads import (HF_ARCHITECTURE_SUFFIX, SEQUENCE_CLASSIFICATION, TASK_MODELS, TASKS,
-                                QUESTION_ANSWERING, TaskModel)
+from jaxft.models.heads import (HF_ARCHITECTURE_SUFFIX, MASKED_LM, SEQUENCE_CLASSIFICATION, TASK_MODELS, TASKS,
+                                QUESTION_ANSWERING, ForMaskedLM, TaskModel)
 
 log = logging.getLogger("jaxft.models")
 
@@ -221,7 +222,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
                     output_loading_info: bool = False):
     """Build a jaxft model from a Hugging Face folder or hub id and load its weights.
 
-    task: "token-classification", "sequence-classification", "question-answering", or None for the bare
+    task: "token-classification", "sequence-classification", "question-answering", "masked-lm", or None for the bare
     encoder. Labels come from `id2label` (or `num_labels`), else from the checkpoint's config.json.
     remat: "none", "full" or "dots_saveable" rematerialisation of each encoder layer in the backward pass.
     A head absent from the checkpoint is initialised fresh and reported, as transformers does.
@@ -236,9 +237,14 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
     config = EncoderConfig.from_hf(hf_config, source=str(config_path))
     labels = _resolve_labels(task, hf_config, num_labels, id2label)
     dtype = jnp.dtype(dtype)
-    model = _build(config, task, labels, hf_config, problem_type, dtype, seed, remat)
     checkpoint = _normalise_legacy_names(read_checkpoint(folder))
+    if task == MASKED_LM:
+        model = _build_masked_lm(config, hf_config, checkpoint, dtype, seed, remat)
+    else:
+        model = _build(config, task, labels, hf_config, problem_type, dtype, seed, remat)
     report = _load_weights(model, config, checkpoint, folder, ignore_mismatched_sizes)
+    if task == MASKED_LM:  # copies of tied weights that older saves carry: nothing was left unused
+        report.unexpected = [k for k in report.unexpected if k not in model.mlm_layout.tied_aliases]
     _log_report(report, folder, task)
     model.eval()
     return (model, report) if output_loading_info else model
@@ -247,6 +253,8 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
 def _resolve_labels(task, hf_config, num_labels, id2label) -> tuple[str, ...]:
     if task == QUESTION_ANSWERING:
         return ("start", "end")
+    if task == MASKED_LM:
+        return ()
     if id2label is not None:
         labels = list(id2label) if isinstance(id2label, (list, tuple)) else [
             id2label[i] for i in sorted(int(k) for k in id2label)]
@@ -271,6 +279,16 @@ def _build(config, task, labels, hf_config, problem_type, dtype, seed, remat) ->
         problem_type = problem_type or hf_config.get("problem_type") or "single_label_classification"
         return TASK_MODELS[task](config, labels, hf_json, problem_type, dtype=dtype, remat=remat, rngs=rngs)
     return TASK_MODELS[task](config, labels, hf_json, dtype=dtype, remat=remat, rngs=rngs)
+
+
+def _build_masked_lm(config, hf_config, checkpoint, dtype, seed, remat) -> ForMaskedLM:
+    """The decoder is tied unless the config says otherwise; BERT's pooler is kept when the checkpoint has one
+    (a base model's), so it reaches the export unchanged for a later sequence-classification fine-tune."""
+    has_pooler = any(k.startswith(("pooler.", f"{config.family.prefix}.pooler.")) for k in checkpoint)
+    return ForMaskedLM(config, (), json.dumps(hf_config, sort_keys=True), dtype=dtype, remat=remat,
+                       add_pooler=has_pooler and config.family.sequence_head == "pooler_tanh",
+                       tied=bool(hf_config.get("tie_word_embeddings", True)),
+                       rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def _align_prefix(checkpoint: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:
@@ -342,7 +360,7 @@ def hf_config_for(model: nnx.Module) -> dict[str, Any]:
     hf_config = json.loads(model.hf_config_json)
     task = getattr(model, "task", None)
     hf_config["architectures"] = [model.config.family.class_stem + HF_ARCHITECTURE_SUFFIX[task]]
-    if isinstance(model, TaskModel) and task != QUESTION_ANSWERING:
+    if isinstance(model, TaskModel) and task not in (QUESTION_ANSWERING, MASKED_LM):
         hf_config["id2label"] = {str(i): label for i, label in enumerate(model.labels)}
         hf_config["label2id"] = {label: i for i, label in enumerate(model.labels)}
     if task == SEQUENCE_CLASSIFICATION:
@@ -369,4 +387,5 @@ def save_pretrained(model: nnx.Module, folder: str | os.PathLike, tokenizer=None
             tokenizer.save_pretrained(str(tmp))
         for item in tmp.iterdir():
             os.replace(item, folder / item.name)
+            faults.reached("export")  # fault-injection point of the preemption tests (jaxft.faults)
     return folder
