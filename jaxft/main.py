@@ -20,6 +20,8 @@ from pathlib import Path
 SUBCOMMANDS = {
     "predict": "jaxft.main:_predict_command",
     "explain": "jaxft.explain:main",
+    "serve": "jaxft.serve.app:serve_command",
+    "quantize": "jaxft.quantize:quantize_command",
 }
 
 
@@ -172,7 +174,9 @@ def _predict_command(argv: list[str]) -> int:
                     "input line. Classification: label and probabilities of each line (pair models: "
                     "'text<TAB>pair'; .json/.jsonl input: objects with the training text fields). QA: answer "
                     "spans with scores for a SQuAD .json / .jsonl of {question, context} (stdin: JSON lines).")
-    parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/ner/export)")
+    parser.add_argument("--model", required=True, action="append",
+                        help="exported model folder (e.g. runs/ner/export); repeat it for an ensemble "
+                             "(probabilities averaged; same task, labels and tokenizer)")
     parser.add_argument("--input", default=None, help="input file (default: stdin)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="NER: 128 by default; classification/QA: the training max_length by default")
@@ -189,15 +193,16 @@ def _predict_command(argv: list[str]) -> int:
         print(f"error: --input: file not found: {args.input}", file=sys.stderr)
         return 2
     try:
-        task = exported_task(args.model)
+        models = args.model if len(args.model) > 1 else args.model[0]
+        task = exported_task(args.model[0])
         if task == "token-classification":
             from jaxft.predict import run_predict
-            run_predict(args.model, args.input, max_length=args.max_length or 128, batch_size=args.batch_size,
+            run_predict(models, args.input, max_length=args.max_length or 128, batch_size=args.batch_size,
                         input_format=args.format)
         else:
             import importlib
             module = importlib.import_module(PREDICT_RUNNERS[task])
-            module.run_predict(args.model, args.input, max_length=args.max_length, batch_size=args.batch_size)
+            module.run_predict(models, args.input, max_length=args.max_length, batch_size=args.batch_size)
     except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxft.config import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS_NER, ConfigError
+from jaxft.data.augment import augment_train
 from jaxft.data.errors import DataError
 from jaxft.data.readers import split_fixed
 from jaxft.data.text_readers import (TEXT_EXTENSIONS, TextExample, read_hf_text_dataset,
@@ -386,6 +387,7 @@ def train_and_evaluate(config, workdir: Path) -> dict:
         raise ConfigError("data.packing is for token-level tasks; sequence classification pads by length buckets "
                           "(set data.packing=False)")
     splits = read_splits(data, cls.problem_type)
+    splits.train = augment_train(splits.train, config)  # train only; a no-op unless augment.methods
     labels = label_list(splits, cls.problem_type, data.label_separator)
     for name, examples in (("dev", splits.dev), ("test", splits.test)):  # before the model is loaded
         check_labels(examples, labels, cls.problem_type, data.label_separator, name)
@@ -468,19 +470,30 @@ def read_task_file(model_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-class SequenceClassifier:
-    """Texts (or pairs) -> labels with probabilities, from an exported folder; compiled once per bucket."""
+def _predictor_base():
+    from jaxft.predict import Predictor
+    return Predictor
 
-    def __init__(self, model_dir: str | Path, *, max_length: int | None = None, batch_size: int = 32,
-                 bucket_multiple: int = 16, dtype: str = "float32"):
-        from jaxft.data.batching import bucket_lengths
-        from jaxft.models import SEQUENCE_CLASSIFICATION, from_pretrained, load_tokenizer
-        from jaxft.train.state import split_model
-        from jaxft.train.step import make_predict_step
 
-        info = read_task_file(model_dir)
-        self.model = from_pretrained(model_dir, task=SEQUENCE_CLASSIFICATION, dtype=dtype)
-        self.tokenizer = load_tokenizer(model_dir)
+class SequenceClassifier(_predictor_base()):
+    """Texts (or pairs) -> labels with probabilities, from an exported folder (or an ensemble of them:
+    probabilities, or regression values, averaged); compiled once per (batch size, length bucket)."""
+
+    task = "sequence-classification"
+    per_token = False
+
+    def __init__(self, model_dir: str | Path | Sequence[str | Path], *, max_length: int | None = None,
+                 batch_size: int = 32, bucket_multiple: int = 16, dtype: str = "float32",
+                 batch_sizes: Sequence[int] | None = None, length_buckets: Sequence[int] | None = None,
+                 safetensors_only: bool = False):
+        from jaxft.models import SEQUENCE_CLASSIFICATION
+        from jaxft.predict import load_members
+
+        models, self.tokenizer = load_members(model_dir, SEQUENCE_CLASSIFICATION, dtype=dtype,
+                                              safetensors_only=safetensors_only)
+        first_dir = model_dir if isinstance(model_dir, (str, Path)) else list(model_dir)[0]
+        info = read_task_file(first_dir)
+        self.model = models[0]
         self.labels = list(self.model.labels)
         self.problem_type = self.model.problem_type
         self.threshold = float(info.get("threshold", 0.5))
@@ -489,19 +502,16 @@ class SequenceClassifier:
         self.text_pair_column = info.get("text_pair_column") or "text_pair"
         self.max_length = int(max_length or info.get("max_length", 128))
         self.batch_size = batch_size
-        self.buckets = bucket_lengths(self.max_length, bucket_multiple)
-        self.pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
-        parts, params, frozen, rng = split_model(self.model)
-        step = make_predict_step(parts, predict_fn(self.problem_type))
-        self._run = lambda batch: step(params, frozen, rng, batch)
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
+        self._setup(models, predict_fn(self.problem_type), _mean_outputs, pad_values, max_length=self.max_length,
+                    batch_sizes=batch_sizes or (batch_size,), bucket_multiple=bucket_multiple,
+                    length_buckets=length_buckets)
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
-        from jaxft.data.batching import map_batches
-
         rows, _ = encode_texts(self.tokenizer, texts, pairs, self.max_length)
         for row in rows:
             row.setdefault("token_type_ids", np.zeros_like(row["input_ids"]))
-        outputs = map_batches(self._run, rows, self.batch_size, self.buckets, self.pad_values, per_token=False)
+        outputs = self.run_rows(rows)
         results = []
         for i, output in enumerate(outputs):
             result: dict[str, Any] = {"text": texts[i]}
@@ -520,6 +530,16 @@ class SequenceClassifier:
                 result["probabilities"] = probs
             results.append(result)
         return results
+
+    def predict_items(self, items: list) -> list[dict]:
+        """Texts, or (text, pair) sequences for pair models."""
+        if self.pairs:
+            return self.predict([item[0] for item in items], [item[1] for item in items])
+        return self.predict(list(items))
+
+
+def _mean_outputs(outputs: list):
+    return jnp.mean(jnp.stack(outputs), axis=0)
 
 
 def read_prediction_inputs(input_path: str | None, text_column: str, text_pair_column: str, pairs: bool
@@ -549,10 +569,10 @@ def read_prediction_inputs(input_path: str | None, text_column: str, text_pair_c
     return texts, second if pairs else None
 
 
-def run_predict(model_dir: str, input_path: str | None, output: TextIO = sys.stdout, *,
+def run_predict(model_dir: str | Sequence[str], input_path: str | None, output: TextIO = sys.stdout, *,
                 max_length: int | None = None, batch_size: int = 32) -> int:
     """One JSON object a line: {"text", "label", "score", "probabilities"} (multi-label: "labels" above the
-    tuned threshold; regression: "value")."""
+    tuned threshold; regression: "value"). Several folders: an ensemble (probabilities averaged)."""
     classifier = SequenceClassifier(model_dir, max_length=max_length, batch_size=batch_size)
     texts, pairs = read_prediction_inputs(input_path, classifier.text_column, classifier.text_pair_column,
                                           classifier.pairs)

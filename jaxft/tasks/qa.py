@@ -381,20 +381,30 @@ def train_and_evaluate(config, workdir: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- predict
 
-class QuestionAnswerer:
-    """Questions + contexts -> answer spans with scores, from an exported folder."""
+def _predictor_base():
+    from jaxft.predict import Predictor
+    return Predictor
 
-    def __init__(self, model_dir: str | Path, *, max_length: int | None = None, batch_size: int = 32,
-                 bucket_multiple: int = 16, dtype: str = "float32"):
-        from jaxft.data.batching import bucket_lengths
-        from jaxft.models import QUESTION_ANSWERING, from_pretrained, load_tokenizer
-        from jaxft.train.state import split_model
-        from jaxft.train.step import make_predict_step
 
-        info_path = Path(model_dir) / TASK_FILE
+class QuestionAnswerer(_predictor_base()):
+    """Questions + contexts -> answer spans with scores, from an exported folder (or an ensemble sharing one
+    tokenizer: start and end logits averaged); compiled once per (batch size, length bucket)."""
+
+    task = "question-answering"
+
+    def __init__(self, model_dir: str | Path | Sequence[str | Path], *, max_length: int | None = None,
+                 batch_size: int = 32, bucket_multiple: int = 16, dtype: str = "float32",
+                 batch_sizes: Sequence[int] | None = None, length_buckets: Sequence[int] | None = None,
+                 safetensors_only: bool = False):
+        from jaxft.models import QUESTION_ANSWERING
+        from jaxft.predict import load_members
+
+        models, self.tokenizer = load_members(model_dir, QUESTION_ANSWERING, dtype=dtype,
+                                              safetensors_only=safetensors_only)
+        first_dir = model_dir if isinstance(model_dir, (str, Path)) else list(model_dir)[0]
+        info_path = Path(first_dir) / TASK_FILE
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        self.model = from_pretrained(model_dir, task=QUESTION_ANSWERING, dtype=dtype)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.model = models[0]
         max_length = int(max_length or info.get("max_length", 384))
         self.window = dict(max_length=max_length, doc_stride=int(info.get("doc_stride", min(128, max_length // 4))),
                            max_query_length=int(info.get("max_query_length", 64)))
@@ -403,20 +413,17 @@ class QuestionAnswerer:
         self.version_2 = bool(info.get("version_2", False))
         self.null_threshold = float(info.get("null_threshold", 0.0))
         self.batch_size = batch_size
-        self.buckets = bucket_lengths(max_length, bucket_multiple)
-        self.pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
-        parts, params, frozen, rng = split_model(self.model)
-        step = make_predict_step(parts, span_logits)
-        self._run = lambda batch: step(params, frozen, rng, batch)
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
+        self._setup(models, span_logits, _mean_spans, pad_values, max_length=max_length,
+                    batch_sizes=batch_sizes or (batch_size,), bucket_multiple=bucket_multiple,
+                    length_buckets=length_buckets)
 
     def predict(self, examples: Sequence[QAExample], top_k: int = 5) -> list[dict]:
-        from jaxft.data.batching import map_batches
-
         features, _ = encode_windows(self.tokenizer, examples, **self.window)
         rows = [feature_row(f, labels=False) for f in features]
         for row in rows:
             row.setdefault("token_type_ids", np.zeros_like(row["input_ids"]))
-        outputs = map_batches(self._run, rows, self.batch_size, self.buckets, self.pad_values)
+        outputs = self.run_rows(rows)
         results = []
         for example, group in zip(examples, group_features(features, len(examples))):
             p = decode_example(example, [features[i] for i in group], [outputs[i] for i in group],
@@ -426,8 +433,17 @@ class QuestionAnswerer:
                             "n_best": [{k: e[k] for k in ("text", "start", "end", "score")} for e in p.n_best[:top_k]]})
         return results
 
+    def predict_items(self, items: list) -> list[dict]:
+        """{"question", "context"[, "id"]} objects."""
+        return self.predict([QAExample(str(item.get("id", i)), item["question"], item["context"], [], True,
+                                       f"request:{i}") for i, item in enumerate(items)])
 
-def run_predict(model_dir: str, input_path: str | None, output: TextIO = sys.stdout, *,
+
+def _mean_spans(outputs: list):
+    return tuple(jnp.mean(jnp.stack([output[k] for output in outputs]), axis=0) for k in (0, 1))
+
+
+def run_predict(model_dir: str | Sequence[str], input_path: str | None, output: TextIO = sys.stdout, *,
                 max_length: int | None = None, batch_size: int = 32) -> int:
     """Questions from a SQuAD .json or a .jsonl of {"question", "context"[, "id"]} rows; one JSON object a line
     out: {"id", "question", "answer", "start", "end", "score", "n_best": [...]}."""

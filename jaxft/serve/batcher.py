@@ -1,0 +1,103 @@
+"""Dynamic batching: requests that arrive within `max_wait_ms` of the first waiting one (up to `max_items`
+items) are predicted in one call, in a worker thread so the event loop keeps accepting requests.
+
+The predictor pads each call to its fixed shapes (batch sizes x length buckets), so batching changes how
+many rows share a compiled program, never which programs exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+
+@dataclasses.dataclass
+class _Pending:
+    items: list
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    def __init__(self, predict: Callable[[list], list], *, max_items: int = 32, max_wait_ms: float = 5.0,
+                 on_batch: Callable[[int, int], None] | None = None):
+        self.predict = predict
+        self.max_items = max_items
+        self.max_wait = max_wait_ms / 1000.0
+        self.on_batch = on_batch  # (items, requests) of every model call
+        self._queue: asyncio.Queue | None = None
+        self._held: _Pending | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxft-predict")
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, items: list) -> list:
+        """Results for `items`, in order, once the batch they joined has run."""
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(list(items), future))
+        return await future
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        if self._held is not None:
+            pending, self._held = self._held, None
+            return pending
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            return self._queue.get_nowait() if not self._queue.empty() else None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _collect(self) -> list[_Pending]:
+        batch = [await self._next(None)]
+        count = len(batch[0].items)
+        deadline = time.monotonic() + self.max_wait
+        while count < self.max_items:
+            pending = await self._next(deadline - time.monotonic())
+            if pending is None:
+                break
+            if count + len(pending.items) > self.max_items:
+                self._held = pending  # first of the next batch
+                break
+            batch.append(pending)
+            count += len(pending.items)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            batch = [p for p in batch if not p.future.done()]  # clients that gave up
+            if not batch:
+                continue
+            items = [item for pending in batch for item in pending.items]
+            try:
+                results = await loop.run_in_executor(self._executor, self.predict, items)
+            except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(err)
+                continue
+            if self.on_batch:
+                self.on_batch(len(items), len(batch))
+            start = 0
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_result(results[start:start + len(pending.items)])
+                start += len(pending.items)

@@ -1,0 +1,101 @@
+"""Request bodies -> validated items for a predictor, or a RequestError naming the problem.
+
+Status codes: 400 the body is not JSON or not a JSON object; 413 the body is over max_body_bytes or holds
+more than max_texts items; 422 "texts" is missing, not a list, empty, or an item has the wrong type, is
+blank or is longer than max_text_chars characters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_texts: int = 64
+    max_text_chars: int = 5000
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RequestError(400, "malformed_json", f"body is not valid JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "not_an_object", 'body must be a JSON object {"texts": [...]}, got a '
+                                                 f"{_kind(body)}")
+    return body
+
+
+def validate(body: dict, task: str, pairs: bool, limits: Limits) -> list:
+    """The items of a {"texts": [...]} body: strings (NER, classification), [text, pair] (pair models) or
+    {"question", "context"[, "id"]} objects (QA)."""
+    unknown = sorted(set(body) - {"texts"})
+    if unknown:
+        raise RequestError(422, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; the body is "
+                                                 '{"texts": [...]}')
+    if "texts" not in body:
+        raise RequestError(422, "missing_texts", 'body has no "texts" field; send {"texts": [...]}')
+    texts = body["texts"]
+    if not isinstance(texts, list):
+        raise RequestError(422, "texts_not_a_list", f'"texts" must be a list, got a {_kind(texts)}')
+    if not texts:
+        raise RequestError(422, "empty_texts", '"texts" is empty; send at least one item')
+    if len(texts) > limits.max_texts:
+        raise RequestError(413, "too_many_texts", f'"texts" has {len(texts)} items; at most {limits.max_texts} '
+                                                  "per request")
+    check = {"question-answering": _question, "sequence-classification": _pair if pairs else _text,
+             "token-classification": _text}[task]
+    return [check(item, f"texts[{i}]", limits) for i, item in enumerate(texts)]
+
+
+def _text(item, where: str, limits: Limits, what: str = "a string") -> str:
+    if not isinstance(item, str):
+        hint = " (this model reads single texts, not pairs)" if isinstance(item, list) else ""
+        raise RequestError(422, "wrong_type", f"{where} must be {what}, got a {_kind(item)}{hint}")
+    if not item.strip():
+        raise RequestError(422, "blank_text", f"{where} is blank")
+    if len(item) > limits.max_text_chars:
+        raise RequestError(422, "text_too_long", f"{where} has {len(item)} characters; at most "
+                                                 f"{limits.max_text_chars}")
+    return item
+
+
+def _pair(item, where: str, limits: Limits) -> tuple[str, str]:
+    if not (isinstance(item, list) and len(item) == 2):
+        raise RequestError(422, "wrong_type", f"{where} must be a [text, pair] list of two strings (this model "
+                                              f"reads sentence pairs), got a {_kind(item)}")
+    return _text(item[0], f"{where}[0]", limits), _text(item[1], f"{where}[1]", limits)
+
+
+def _question(item, where: str, limits: Limits) -> dict:
+    if not isinstance(item, dict):
+        raise RequestError(422, "wrong_type", f'{where} must be an object {{"question": ..., "context": ...}}, '
+                                              f"got a {_kind(item)}")
+    extra = sorted(set(item) - {"question", "context", "id"})
+    if extra:
+        raise RequestError(422, "unknown_field", f"{where} has unknown field(s) {', '.join(map(repr, extra))}")
+    question = _text(item.get("question"), f"{where}.question", limits)
+    context = _text(item.get("context"), f"{where}.context", limits)
+    out = {"question": question, "context": context}
+    if "id" in item:
+        if not isinstance(item["id"], (str, int)) or isinstance(item["id"], bool):
+            raise RequestError(422, "wrong_type", f"{where}.id must be a string or an integer")
+        out["id"] = item["id"]
+    return out
+
+
+def _kind(value) -> str:
+    return {dict: "JSON object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)

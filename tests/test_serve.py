@@ -1,0 +1,229 @@
+"""`serve` end to end: a real server subprocess on 127.0.0.1 per model (tiny NER export, tiny classification
+ensemble of two exports), answers equal to `predict`'s, 4xx errors naming the problem, /health and /metrics,
+and no compilation after warm-up."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tiny_exports import CLS_LABELS, NER_LABELS, TEXTS, make_export
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXFT_COMPILATION_CACHE": "0"}
+SHAPES = ["--batch-sizes", "1,4", "--length-buckets", "16,32", "--max-length", "32"]
+LIMITS = ["--max-texts", "8", "--max-body-bytes", "4096", "--max-text-chars", "400"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(port: int, method: str, path: str, body: bytes | None = None, headers=None):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def post(port: int, payload) -> tuple[int, dict]:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    status, raw = http(port, "POST", "/predict", body)
+    return status, json.loads(raw)
+
+
+class Server:
+    def __init__(self, models: list[Path], *extra: str):
+        self.port = free_port()
+        command = [sys.executable, "-m", "jaxft.main", "serve", "--port", str(self.port), *SHAPES, *LIMITS, *extra]
+        for model in models:
+            command += ["--model", str(model)]
+        self.log = open(Path(models[0]).parent / f"serve-{self.port}.log", "w+")
+        self.process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                status, raw = http(self.port, "GET", "/health")
+                if status == 200:
+                    self.health = json.loads(raw)
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        pytest.fail("server did not become ready: " + self.output())
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def metrics(self) -> dict[str, float]:
+        status, raw = http(self.port, "GET", "/metrics")
+        assert status == 200
+        values = {}
+        for line in raw.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def predict_cli(models: list[Path], lines: list[str], tmp: Path) -> list[dict]:
+    path = tmp / "input.txt"
+    path.write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "-m", "jaxft.main", "predict", "--input", str(path), "--max-length", "32"]
+    for model in models:
+        command += ["--model", str(model)]
+    done = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def assert_same_predictions(served, expected):
+    """Labels, spans and offsets exactly; probabilities to 1e-5 (other padded shapes than predict's)."""
+    assert len(served) == len(expected)
+    for a, b in zip(served, expected):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key == "entities":
+                assert [(e["type"], e["start"], e["end"], e["text"]) for e in a[key]] == \
+                       [(e["type"], e["start"], e["end"], e["text"]) for e in b[key]]
+                assert [e["score"] for e in a[key]] == pytest.approx([e["score"] for e in b[key]], abs=1e-5)
+            elif key == "probabilities":
+                assert a[key].keys() == b[key].keys()
+                assert list(a[key].values()) == pytest.approx(list(b[key].values()), abs=1e-5)
+            elif key == "score":
+                assert a[key] == pytest.approx(b[key], abs=1e-5)
+            else:
+                assert a[key] == b[key]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_bert_no_dropout):
+    root = tmp_path_factory.mktemp("serve-exports")
+    return {
+        "ner": make_export(root / "ner", tiny_bert_no_dropout, "token-classification", NER_LABELS, head_scale=1.0),
+        "cls_a": make_export(root / "cls_a", tiny_bert_no_dropout, "sequence-classification", CLS_LABELS, seed=1),
+        "cls_b": make_export(root / "cls_b", tiny_bert_no_dropout, "sequence-classification", CLS_LABELS, seed=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def ner_server(exports):
+    server = Server([exports["ner"]])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cls_server(exports):
+    server = Server([exports["cls_a"], exports["cls_b"]])
+    yield server
+    server.stop()
+
+
+def test_health_reports_the_compiled_shapes(ner_server):
+    health = ner_server.health
+    assert health["status"] == "ready"
+    assert health["task"] == "token-classification"
+    assert health["batch_sizes"] == [1, 4] and health["length_buckets"] == [16, 32]
+    assert health["compilations"] == 4  # 2 batch sizes x 2 length buckets, all compiled before ready
+
+
+def test_ner_answers_equal_predict_and_nothing_compiles_after_warm_up(ner_server, exports, tmp_path):
+    expected = predict_cli([exports["ner"]], TEXTS, tmp_path)
+    assert sum(len(p["entities"]) for p in expected) >= 5  # the decisive random head finds entities
+    status, answer = post(ner_server.port, {"texts": TEXTS})  # 7 texts, 10 windows: batches of 4, 4 and 2 -> 4
+    assert status == 200
+    assert_same_predictions(answer["predictions"], expected)
+    # concurrent single-text requests are batched together; each answer is its own text's
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda text: post(ner_server.port, {"texts": [text]}), TEXTS * 3))
+    for (status, answer), reference in zip(answers, expected * 3):
+        assert status == 200
+        assert_same_predictions(answer["predictions"], [reference])
+    metrics = ner_server.metrics()
+    assert metrics["jaxft_compilations"] == metrics["jaxft_warmup_compilations"] == 4
+    assert metrics['jaxft_requests_total{status="200"}'] >= 1 + len(TEXTS) * 3
+    assert metrics["jaxft_request_latency_seconds_count"] >= 1 + len(TEXTS) * 3
+    assert metrics["jaxft_batch_items_sum"] >= len(TEXTS) * 4
+    assert metrics['jaxft_request_latency_seconds_bucket{le="+Inf"}'] == metrics["jaxft_request_latency_seconds_count"]
+
+
+@pytest.mark.parametrize("payload, status, code, words", [
+    (b'{"texts": ["unclosed', 400, "malformed_json", "not valid JSON"),
+    (b"[1, 2]", 400, "not_an_object", "JSON object"),
+    ({"text": ["a"]}, 422, "unknown_field", "'text'"),
+    ({}, 422, "missing_texts", '"texts"'),
+    ({"texts": "one string"}, 422, "texts_not_a_list", "must be a list"),
+    ({"texts": []}, 422, "empty_texts", "empty"),
+    ({"texts": ["ok", 3]}, 422, "wrong_type", "texts[1] must be a string"),
+    ({"texts": [["a", "b"]]}, 422, "wrong_type", "texts[0]"),
+    ({"texts": ["ok", "   "]}, 422, "blank_text", "texts[1] is blank"),
+    ({"texts": ["x" * 401]}, 422, "text_too_long", "401 characters; at most 400"),
+    ({"texts": ["a"] * 9}, 413, "too_many_texts", "9 items; at most 8"),
+    ({"texts": ["word " * 900]}, 413, "body_too_large", "at most 4096"),
+])
+def test_bad_requests_get_clear_errors(ner_server, payload, status, code, words):
+    got_status, answer = post(ner_server.port, payload)
+    assert got_status == status
+    assert answer["error"]["code"] == code
+    assert words in answer["error"]["message"]
+
+
+def test_error_counts_and_methods(ner_server):
+    before = ner_server.metrics()
+    post(ner_server.port, b"{")
+    post(ner_server.port, {"texts": []})
+    assert http(ner_server.port, "GET", "/predict")[0] == 405
+    after = ner_server.metrics()
+    assert after.get('jaxft_requests_total{status="400"}', 0) == before.get('jaxft_requests_total{status="400"}', 0) + 1
+    assert after.get('jaxft_requests_total{status="422"}', 0) == before.get('jaxft_requests_total{status="422"}', 0) + 1
+
+
+def test_classification_ensemble_answers_equal_predict(cls_server, exports, tmp_path):
+    assert cls_server.health["members"] == 2
+    expected = predict_cli([exports["cls_a"], exports["cls_b"]], TEXTS, tmp_path)
+    status, answer = post(cls_server.port, {"texts": TEXTS})
+    assert status == 200
+    assert_same_predictions(answer["predictions"], expected)
+    assert {p["label"] for p in answer["predictions"]} <= set(CLS_LABELS)
+    status, answer = post(cls_server.port, {"texts": [["a", "b"]]})
+    assert status == 422 and "not pairs" in answer["error"]["message"]
+    metrics = cls_server.metrics()
+    assert metrics["jaxft_compilations"] == metrics["jaxft_warmup_compilations"] == 4
+
+
+def test_serve_loads_only_safetensors(exports, tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for item in exports["ner"].iterdir():
+        if item.name != "model.safetensors":
+            (folder / item.name).write_bytes(item.read_bytes())
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    done = subprocess.run([sys.executable, "-m", "jaxft.main", "serve", "--model", str(folder), "--port",
+                           str(free_port())], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "only safetensors" in done.stderr and str(folder) in done.stderr
