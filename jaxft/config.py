@@ -134,6 +134,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.adversarial_epsilon = 1.0    # L2 norm of the perturbation of the embedding table
     c.train.adversarial_steps = 3        # pgd: ascent steps
     c.train.adversarial_alpha = 0.3      # pgd: step size (L2 norm) of each ascent step
+
+    # train-split augmentation (jaxft/data/augment.py); dev and test are never augmented
+    c.augment = ml_collections.ConfigDict()
+    c.augment.methods = ""               # comma-separated; "": off. classification: swap, delete, insert,
+                                         # synonym; NER: mention, token
+    c.augment.copies = 1                 # augmented copies per train example (unchanged copies are dropped)
+    c.augment.swap_rate = 0.1            # EDA alpha: max(1, int(rate * words)) swaps
+    c.augment.delete_rate = 0.1          # probability of dropping each word
+    c.augment.insert_rate = 0.1          # max(1, int(rate * words)) insertions
+    c.augment.synonym_rate = 0.1         # max(1, int(rate * words)) words replaced by a synonym
+    c.augment.mention_rate = 0.3         # probability of replacing each entity mention
+    c.augment.token_rate = 0.1           # probability of replacing each token by one with the same tag
+    c.augment.lexicon_file = ""          # synonyms for insert / synonym (format: jaxft/data/augment.py)
+    c.augment.pair_inputs = "first"      # sentence pairs: first | both texts are edited
+    c.augment.seed = 0                   # with train.seed, seeds the (fixed, once per run) augmented set
     return c
 
 
@@ -197,6 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in FILE_KEYS:
         _file_exists(config, key)
     _validate_peft(config)
+    _validate_augment(config)
     if config.data.hf_dataset and config.data.train_file == PACKAGED_TWEETS_NER:
         raise ConfigError("data.hf_dataset is set while data.train_file is the packaged default: "
                           "set data.train_file='' (or to the data files of a builder such as 'json')")
@@ -223,6 +239,33 @@ def _validate_peft(config) -> None:
             re.compile(_get(config, key))
         except re.error as err:
             raise ConfigError(f"config key {key!r}: {_get(config, key)!r} is not a valid regex ({err})") from None
+
+
+AUGMENT_METHODS = {"sequence-classification": ("swap", "delete", "insert", "synonym"),
+                   "token-classification": ("mention", "token")}
+
+
+def _validate_augment(config) -> None:
+    aug = config.augment
+    methods = [m.strip() for m in aug.methods.split(",") if m.strip()]
+    allowed = AUGMENT_METHODS.get(config.task, ())
+    for method in methods:
+        if method not in allowed:
+            every = sorted({m for names in AUGMENT_METHODS.values() for m in names})
+            what = "unknown" if method not in every else f"not for task {config.task!r}:"
+            raise ConfigError(f"config key 'augment.methods': {what} {method!r}; choices for {config.task}: "
+                              f"{', '.join(allowed) or 'none (no augmentation for this task)'}")
+    _positive(config, "augment.copies")
+    _non_negative(config, "augment.seed")
+    for method in AUGMENT_METHODS["sequence-classification"] + AUGMENT_METHODS["token-classification"]:
+        if not 0 < aug[f"{method}_rate"] <= 1:
+            raise ConfigError(f"config key 'augment.{method}_rate' must be in (0, 1], got {aug[f'{method}_rate']}")
+    _one_of(config, "augment.pair_inputs", ("first", "both"))
+    if aug.lexicon_file and not os.path.isfile(os.path.expanduser(aug.lexicon_file)):
+        raise ConfigError(f"config key 'augment.lexicon_file': file not found: {aug.lexicon_file}")
+    needing = [m for m in methods if m in ("insert", "synonym")]
+    if needing and not aug.lexicon_file:
+        raise ConfigError(f"augment.methods {', '.join(needing)} need a synonym lexicon: set augment.lexicon_file")
 
 
 def _get(config, dotted: str):

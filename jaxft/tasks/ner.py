@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from jaxft.config import PACKAGED_TWEETS_NER
+from jaxft.data.augment import augment_train
 from jaxft.data.errors import DataError
 from jaxft.data.readers import (Sentence, packaged_tweets_ner_path, read_hf_dataset, read_sentences,
                                 sentences_to_bio, split_fixed)
@@ -152,6 +153,7 @@ def train_and_evaluate(config, workdir: Path) -> dict:
     """data -> model -> train (resuming if the workdir has checkpoints) -> test -> export."""
     from jaxft.models import TOKEN_CLASSIFICATION, from_pretrained, load_tokenizer
     splits = read_splits(config.data)
+    splits.train = augment_train(splits.train, config)  # train only; a no-op unless augment.methods
     labels = label_list(splits)
     log.info("data: %d train / %d dev / %d test sentences, scheme %s, %d labels%s", len(splits.train),
              len(splits.dev), len(splits.test), splits.scheme, len(labels),
