@@ -82,11 +82,17 @@ def run_with_clear_errors(config, workdir: str) -> int:
     from jaxft.data.errors import DataError
     from jaxft.models import ModelLoadError, UnsupportedModelError
 
+    from jaxft.train.errors import EXIT_TRAINING_ERROR, TrainingError
+
     try:
         run(config, workdir)
     except (ConfigError, DataError, ModelLoadError, UnsupportedModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:  # non-finite loss, a checkpoint that could not be written (see train.errors)
+        logging.getLogger("jaxft.train").error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_TRAINING_ERROR
     return 0
 
 

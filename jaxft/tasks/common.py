@@ -66,6 +66,7 @@ def export_and_summarise(config, workdir: Path, model, trainer, result, model_pa
         "train_seconds": result.loop.train_seconds, "train_tokens": result.loop.tokens_seen,
         "tokens_per_sec": result.loop.tokens_seen / max(result.loop.train_seconds, 1e-9),
         "compilations": result.compiles, "new_head": load_report.new_head, "peft_method": config.peft.method,
+        "skipped_nonfinite_steps": result.loop.skipped_nonfinite,
         "exports": sorted(exports),
     }
     trainer.close()

@@ -2,7 +2,22 @@
 
 Task-specific parts (what a row holds, the loss, what "evaluate" means) come from a `Task` object; the loop
 itself knows nothing about NER or classification. No host round trip happens inside the step loop except
-every `train.log_every` steps, when the metrics accumulated on device are fetched.
+every `train.log_every` steps, when the metrics accumulated on device are fetched, and at checkpoints.
+
+Reliability (docs/reliability.md):
+- Resume: a checkpoint carries everything the rest of the run depends on (state, data position, early-
+  stopping counters, the train metrics summed since the last log line, how many metrics.jsonl lines were
+  written), so a run killed at any point and re-run with the same command ends bit-identical.
+- SIGTERM (scheduler / TPU VM preemption) sets a flag checked between steps: the loop saves a checkpoint
+  synchronously and exits with status 75 (errors.EXIT_PREEMPTED).
+- Damaged checkpoints (see train.checkpoint) are moved aside and the previous one is used, with a warning
+  naming both steps and the reason.
+- The workdir remembers the settings its checkpoints depend on (run_fingerprint.json); another run's
+  config is refused naming the differing keys.
+- Non-finite loss/gradients: the step drops such updates on device and counts them (train.step); the count
+  is checked whenever metrics are fetched anyway and before every checkpoint, and the run stops with
+  NonFiniteError (the checkpoints on disk predate the bad step) or, with train.skip_nonfinite, goes on and
+  reports how many steps it skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +26,8 @@ import dataclasses
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -20,15 +37,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxft import faults
+from jaxft.config import ConfigError
 from jaxft.data.batching import DataPosition
 from jaxft.evaluate.reports import MetricsWriter, ProgressBar
 from jaxft.models.encoder import packed_position_offset
 from jaxft.train import sharding
 from jaxft.train.batches import plan_batches
-from jaxft.train.checkpoint import Checkpointer
+from jaxft.train.checkpoint import Checkpointer, CorruptCheckpoint
+from jaxft.train.errors import NonFiniteError, Preempted, TrainingError
 from jaxft.train.optim import learning_rate_schedule, make_optimizer
 from jaxft.train.state import Flat, ModelParts, split_model
-from jaxft.train.step import compiled_count, init_train_state, make_predict_step, make_train_step
+from jaxft.train.step import POISON_KEY, compiled_count, init_train_state, make_predict_step, make_train_step
 
 log = logging.getLogger("jaxft.train")
 
@@ -55,6 +75,7 @@ class LoopState:
     last_eval_step: int = -1
     train_seconds: float = 0.0
     tokens_seen: int = 0         # real (non-pad) input tokens trained on
+    skipped_nonfinite: int = 0   # steps whose update was dropped (NaN/inf loss or gradient; skip_nonfinite)
 
     def to_json(self) -> dict:
         meta = dataclasses.asdict(self)
@@ -63,7 +84,8 @@ class LoopState:
 
     @classmethod
     def from_json(cls, meta: dict) -> "LoopState":
-        meta = dict(meta)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        meta = {k: v for k, v in meta.items() if k in fields}  # the checkpoint's meta also holds other items
         meta["position"] = DataPosition(**meta["position"])
         return cls(**meta)
 
@@ -88,6 +110,54 @@ def count_steps(batches, train_config) -> int:
     return sum(len(batches.epoch(epoch)) for epoch in range(train_config.num_epochs))
 
 
+FINGERPRINT_FILE = "run_fingerprint.json"
+# Settings a workdir's checkpoints depend on: what the arrays are (model, head labels, PEFT layout, optimizer
+# moments), what the data position points into (data, batch size, seed) and the schedule's length. Left
+# out on purpose: mesh.* (checkpoints restore onto any mesh: tests/test_sharding.py), model.dtype and
+# model.remat (how the same parameters are computed), logging/eval/checkpoint cadence, stop_after_step.
+FINGERPRINT_KEYS = (
+    "task", "model.name_or_path",
+    "data.train_file", "data.validation_file", "data.hf_dataset", "data.hf_config_name", "data.train_split",
+    "data.validation_split", "data.tokens_column", "data.tags_column", "data.conll_token_column",
+    "data.conll_tag_column", "data.text_column", "data.text_pair_column", "data.label_column",
+    "data.tag_scheme", "data.max_length", "data.label_all_subtokens", "data.packing", "data.pack_length",
+    "data.label_separator",
+    "classification.problem_type", "classification.class_weights", "qa.doc_stride", "qa.max_query_length",
+    "train.batch_size", "train.grad_accum_steps", "train.num_epochs", "train.max_steps", "train.seed",
+    "train.adversarial", "train.adversarial_epsilon", "train.adversarial_steps", "train.adversarial_alpha",
+)
+FINGERPRINT_GROUPS = ("optim", "peft", "augment")  # augment: the augmented train set
+
+
+def run_fingerprint(config, task) -> dict:
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, f"{name}.")
+            elif name in FINGERPRINT_KEYS or name.split(".")[0] in FINGERPRINT_GROUPS:
+                flat[name] = value
+
+    walk(config.to_dict(), "")
+    labels = getattr(task, "labels", None)
+    if labels is not None:
+        flat["labels"] = [str(label) for label in labels]
+    flat["train_examples"] = len(task.train_rows)
+    return flat
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+    """Keys present in both with different values (a key only one side knows is a newer/older jaxft)."""
+    def short(value):
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return [f"{key} ({short(saved[key])} there, {short(current[key])} now)"
+            for key in sorted(saved) if key in current and saved[key] != current[key]]
+
+
 class Trainer:
     def __init__(self, config, workdir: str | Path, model, task: Task, *, trainable=None,
                  is_writer: bool = True):
@@ -97,6 +167,7 @@ class Trainer:
         self.train_cfg = config.train
         self.mesh = sharding.make_mesh(config.mesh)
         self._check_batch_fits_mesh()
+        self._check_batch_fits_data()
         self.batches = plan_batches(task.train_rows, config.data, self.train_cfg, task.pad_values,
                                     packed_position_offset(model.config), sharding.batch_rows_per_shard(self.mesh))
         split_args = () if trainable is None else (trainable,)
@@ -110,16 +181,26 @@ class Trainer:
         self.predict_step = make_predict_step(self.parts, task.predict, replicated)
         log.info(sharding.describe(self.mesh, self.state["params"], self.state["opt_state"]))
         self.checkpoints = Checkpointer(self.workdir / "checkpoints", keep=self.train_cfg.keep_checkpoints,
-                                        best_metric=f"dev_{task.main_metric}")
+                                        best_metric=f"dev_{task.main_metric}", is_writer=is_writer)
         self.metrics = MetricsWriter(self.workdir, enabled=is_writer)
         self.is_writer = is_writer
         self.loop = LoopState()
+        self.pending = _PendingMetrics()
+        self._sigterm = False
+        self._checked_through = 0   # non-finite counts are known up to this step
 
     def _check_batch_fits_mesh(self) -> None:
         shards = sharding.batch_rows_per_shard(self.mesh)
         if self.train_cfg.batch_size % shards:
             raise sharding.MeshError(f"train.batch_size {self.train_cfg.batch_size} is not divisible by the "
                                      f"mesh's data x fsdp = {shards} batch shards")
+
+    def _check_batch_fits_data(self) -> None:
+        rows = len(self.task.train_rows)
+        per_step = self.train_cfg.batch_size * self.train_cfg.grad_accum_steps
+        if not self.config.data.packing and per_step > rows:
+            raise ConfigError(f"train.batch_size x train.grad_accum_steps = {per_step} examples a step, but the "
+                              f"training data has only {rows}: lower train.batch_size")
 
     def _place_state(self, params: Flat, frozen: Flat, rng: Flat):
         """Parameters, frozen parameters, RNG and optimizer moments, each on its sharding of the mesh."""
@@ -138,23 +219,78 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def restore_latest(self) -> bool:
-        step = self.checkpoints.latest_step()
-        if step is None:
-            return False
-        self.state, meta = self.checkpoints.restore(step, self.state)
-        self.loop = LoopState.from_json(meta)
-        log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", step, self.loop.position.epoch,
-                 self.loop.position.batch)
-        self._truncate_metrics_after(step)
-        return True
+        """Resume from the newest checkpoint that reads back intact; damaged ones are moved aside (logged
+        with the step fallen back to and why). Refuses a workdir whose checkpoints another config wrote."""
+        self._check_fingerprint()
+        failures = []
+        for step in reversed(self.checkpoints.all_steps()):
+            try:
+                state, meta = self.checkpoints.restore(step, self.state)
+            except CorruptCheckpoint as err:
+                moved = self.checkpoints.quarantine(step)
+                failures.append(f"step {step} ({err.reason})")
+                log.warning("%s; moved it to %s and trying the previous checkpoint", err, moved)
+                continue
+            self.state = state
+            self.loop = LoopState.from_json(meta)
+            self.pending = _PendingMetrics.from_json(meta.get("pending_train_metrics"))
+            self._checked_through = step
+            if failures:
+                log.warning("fell back to the checkpoint at step %d because %s %s damaged", step,
+                            ", ".join(failures), "was" if len(failures) == 1 else "were")
+            log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", step, self.loop.position.epoch,
+                     self.loop.position.batch)
+            self._truncate_metrics(step, meta.get("metrics_lines"))
+            return True
+        if failures:
+            log.warning("no intact checkpoint left (%s): training starts again from step 0", ", ".join(failures))
+            self._truncate_metrics(-1, 0)
+        return False
 
-    def _truncate_metrics_after(self, step: int) -> None:
-        """Drop metric lines a killed run wrote after its last checkpoint; the resumed run rewrites them."""
+    def _check_fingerprint(self) -> None:
+        path = self.workdir / FINGERPRINT_FILE
+        current = run_fingerprint(self.config, self.task)
+        if self.checkpoints.all_steps() and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:
+                saved = None
+                log.warning("%s is unreadable; not checking that the checkpoints come from this config", path)
+            differences = fingerprint_differences(saved, current) if isinstance(saved, dict) else []
+            if differences:
+                raise ConfigError(
+                    f"workdir {self.workdir} holds checkpoints of a run with other settings, which this run "
+                    f"would mix with its own: {'; '.join(differences)}. Use another --workdir, or the settings "
+                    f"the workdir was started with to resume it")
+            return
+        if self.is_writer:
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
+
+    def _metrics_lines(self) -> int | None:
+        path = self.workdir / "metrics.jsonl"
+        if not self.is_writer:
+            return None
+        return path.read_bytes().count(b"\n") if path.exists() else 0
+
+    def _truncate_metrics(self, step: int, lines: int | None) -> None:
+        """Drop metric lines a killed run wrote after its last checkpoint; the resumed run rewrites them.
+        Checkpoints record how many lines existed when they were saved; older ones are cut by step."""
         path = self.workdir / "metrics.jsonl"
         if not self.is_writer or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if lines is not None:
+            kept = text.split("\n")[:lines]
+        else:
+            kept = []
+            for line in text.splitlines():
+                try:
+                    if line.strip() and json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):  # a half-written last line of a killed run
+                    continue
         path.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ batches
@@ -164,18 +300,38 @@ class Trainer:
         params = self.state["params"] if params is None else params
 
         def run(batch):
-            return self.predict_step(params, self.frozen, self.state["rng"],
-                                     sharding.put_batch(batch, self.mesh, batch_axis=0))
+            out = self.predict_step(params, self.frozen, self.state["rng"],
+                                    sharding.put_batch(batch, self.mesh, batch_axis=0))
+            faults.reached("eval")
+            return out
 
         return self.batches.predict(run, rows, per_token=getattr(self.task, "per_token_outputs", True))
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
+        previous_handler = self._install_sigterm_handler()
+        try:
+            return self._fit()
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+    def _install_sigterm_handler(self):
+        """SIGTERM only sets a flag; the loop checkpoints between steps and exits (status 75)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigterm(signum, frame):
+            self._sigterm = True
+
+        return signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _fit(self) -> TrainResult:
         step = int(self.state["step"])
         progress = ProgressBar(self.total_steps, enabled=self.is_writer and self.train_cfg.progress_bar)
         progress.update(step)
-        pending = _PendingMetrics()
+        pending = self.pending
         started = time.perf_counter()
         stop = step >= self.total_steps
         position = self.loop.position
@@ -183,7 +339,11 @@ class Trainer:
             groups = self.batches.epoch(position.epoch)
             for batch_index in range(position.batch, len(groups)):
                 batch = sharding.put_batch(self.batches.collate(groups[batch_index]), self.mesh, batch_axis=1)
+                if faults.reached("nonfinite"):
+                    batch = {**batch, POISON_KEY: jnp.float32(jnp.nan)}
                 self.state, step_metrics = self.train_step(self.state, self.frozen, batch)
+                faults.reached("step")
+                faults.reached("sigterm")
                 pending.add(step_metrics)
                 self.loop.tokens_seen += self.batches.tokens(groups[batch_index])
                 step += 1
@@ -198,6 +358,10 @@ class Trainer:
                     self.loop.train_seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     stop = self._evaluate_and_checkpoint(step, evaluate=evaluated)
+                if self._sigterm:
+                    self.loop.position = next_position
+                    self.loop.train_seconds += time.perf_counter() - started
+                    self._save_and_exit_preempted(step)
                 if step >= self.total_steps or self._stopping_here(step):
                     stop = True
                 if stop:
@@ -207,8 +371,9 @@ class Trainer:
                 position = DataPosition(position.epoch + 1, 0)
         self.loop.position = position
         self.loop.train_seconds += time.perf_counter() - started
-        if pending.count:
+        if pending.count and not self._stopping_here(step):  # else the checkpoint carries them to the next run
             self._log_train(step, pending, started, progress)
+        self._check_finite(step)
         progress.close()
         if self._stopping_here(step):
             self.checkpoints.wait()
@@ -230,7 +395,43 @@ class Trainer:
     def _stopping_here(self, step: int) -> bool:
         return step == self.train_cfg.stop_after_step and step < self.total_steps
 
+    def _save_and_exit_preempted(self, step: int) -> None:
+        """SIGTERM: a synchronous checkpoint of this step (unless one exists), then exit status 75."""
+        if self.checkpoints.latest_step() != step:
+            self._save(step)
+        self.checkpoints.wait()
+        log.warning("SIGTERM received: checkpoint at step %d is on disk; exiting (status 75). Re-run the same "
+                    "command to resume", step)
+        self.metrics.close()
+        raise Preempted(step)
+
+    def _check_finite(self, step: int) -> None:
+        """Non-finite steps since the last check (one host fetch of a counter): stop, or count them."""
+        bad = self.pending.take_nonfinite()
+        since, self._checked_through = self._checked_through, step
+        if not bad:
+            return
+        if self.train_cfg.skip_nonfinite:
+            self.loop.skipped_nonfinite += bad
+            log.warning("steps %d-%d: %d step(s) with a NaN/inf loss or gradient were skipped (%d so far; "
+                        "train.skip_nonfinite=True)", since + 1, step, bad, self.loop.skipped_nonfinite)
+            return
+        good = self.checkpoints.latest_step()
+        kept = (f"the last checkpoint (step {good}) predates it and is intact" if good is not None
+                else "no checkpoint was written yet")
+        raise NonFiniteError(
+            f"the loss or the gradient was NaN or infinite in {bad} step(s) between step {since + 1} and step "
+            f"{step}; the run stops and {kept}. Lower optim.learning_rate, check the data, or set "
+            f"train.skip_nonfinite=True to skip such steps")
+
+    def _save(self, step: int, metrics: dict | None = None) -> None:
+        self._check_finite(step)
+        meta = {**self.loop.to_json(), "pending_train_metrics": self.pending.to_json(),
+                "metrics_lines": self._metrics_lines()}
+        self.checkpoints.save(step, self.state, meta, metrics)
+
     def _log_train(self, step: int, pending: "_PendingMetrics", started: float, progress: ProgressBar) -> None:
+        self._check_finite(step)
         values = pending.fetch()
         elapsed = self.loop.train_seconds + time.perf_counter() - started
         record = {"loss": values["loss"], "grad_norm": values["grad_norm"], "learning_rate":
@@ -262,14 +463,18 @@ class Trainer:
                 log.info("early stopping: no dev improvement in %d evaluations", patience)
             metrics = {f"dev_{self.task.main_metric}": score}
         if save:
-            self.checkpoints.save(step, self.state, self.loop.to_json(), metrics)
+            self._save(step, metrics)
         return stop
 
     def _result(self, step: int, restore_best: bool = True) -> TrainResult:
         params = self.state["params"]
         best = self.loop.best_step
         if restore_best and best >= 0 and best != step:
-            restored, _ = self.checkpoints.restore(best, self.state)
+            try:
+                restored, _ = self.checkpoints.restore(best, self.state)
+            except CorruptCheckpoint as err:
+                raise TrainingError(f"{err}; it holds the best dev parameters, which cannot be exported. "
+                                           "Delete the workdir's checkpoints to train again") from None
             params = restored["params"]
         compiles = {"train_step": compiled_count(self.train_step), "predict_step": compiled_count(self.predict_step)}
         return TrainResult(self.parts, params, self.frozen, self.state["rng"], self.loop, step, compiles,
@@ -282,20 +487,48 @@ class Trainer:
 
 
 class _PendingMetrics:
-    """Step metrics summed on device; fetched (one host sync) only when logged."""
+    """Step metrics summed on device; fetched (one host sync) only when logged. Checkpoints carry the sums
+    (exact float32 values), so a resumed run logs the same averages as one that never stopped."""
+
+    DTYPES = {"loss_sum": jnp.float32, "targets": jnp.int32, "grad_norm": jnp.float32, "nonfinite": jnp.int32}
 
     def __init__(self):
         self._sums = None
         self.count = 0
 
     def add(self, metrics: dict) -> None:
-        metrics = {"loss_sum": metrics["loss_sum"], "targets": metrics["count"], "grad_norm": metrics["grad_norm"]}
+        metrics = {"loss_sum": metrics["loss_sum"], "targets": metrics["count"], "grad_norm": metrics["grad_norm"],
+                   "nonfinite": metrics["nonfinite"]}
         self._sums = metrics if self._sums is None else jax.tree.map(jnp.add, self._sums, metrics)
         self.count += 1
 
+    def take_nonfinite(self) -> int:
+        if self._sums is None:
+            return 0
+        bad = int(jax.device_get(self._sums["nonfinite"]))
+        if bad:
+            self._sums = {**self._sums, "nonfinite": jnp.zeros((), jnp.int32)}
+        return bad
+
     def fetch(self) -> dict[str, float]:
         sums = jax.device_get(self._sums)
+        good_steps = self.count - int(sums["nonfinite"])
         values = {"loss": float(sums["loss_sum"]) / max(int(sums["targets"]), 1),
-                  "grad_norm": float(sums["grad_norm"]) / self.count}
+                  "grad_norm": float(sums["grad_norm"]) / max(good_steps, 1)}
         self._sums, self.count = None, 0
         return values
+
+    def to_json(self) -> dict | None:
+        if self._sums is None:
+            return None
+        sums = jax.device_get(self._sums)
+        return {"count": self.count, **{k: float(v) if k in ("loss_sum", "grad_norm") else int(v)
+                                        for k, v in sums.items()}}
+
+    @classmethod
+    def from_json(cls, saved: dict | None) -> "_PendingMetrics":
+        pending = cls()
+        if saved:
+            pending.count = int(saved["count"])
+            pending._sums = {k: jnp.asarray(saved[k], dtype) for k, dtype in cls.DTYPES.items()}
+        return pending

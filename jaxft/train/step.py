@@ -20,6 +20,7 @@ from jaxft.train.state import Flat, ModelParts, rng_after_call
 LossFn = Callable[..., tuple[jax.Array, jax.Array]]
 # predict_fn(model, batch) -> whatever the task's evaluation consumes (e.g. log-probabilities)
 PredictFn = Callable[..., jax.Array]
+POISON_KEY = "_jaxft_poison"  # batch key of the fault-injection NaN (tests only; see jaxft.faults)
 
 
 def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,12 +63,25 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return grads, loss_sum, count, rng
 
     def train_step(state: dict, frozen: Flat, batch: dict) -> tuple[dict, dict]:
+        poison = batch.get(POISON_KEY)  # fault injection only (jaxft.faults "nonfinite"): a NaN scalar
+        batch = {k: v for k, v in batch.items() if k != POISON_KEY}
         grads, loss_sum, count, rng = accumulate(state["params"], frozen, state["rng"], batch)
+        if poison is not None:
+            loss_sum = loss_sum * poison
+            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1).astype(g.dtype), grads)
+        grad_norm = optax.tree.norm(grads)
+        # A NaN/inf loss or gradient must not reach the parameters or the Adam moments: the update is
+        # dropped on device (no host round trip); the loop sees the "nonfinite" count when it next fetches
+        # metrics and stops the run or, with train.skip_nonfinite, counts the skipped step.
+        finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                     "opt_state": opt_state, "rng": rng}
-        metrics = {"loss_sum": loss_sum, "count": count, "grad_norm": optax.tree.norm(grads)}
+        params = optax.apply_updates(state["params"], updates)
+        keep_if_bad = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = {"step": state["step"] + 1, "params": jax.tree.map(keep_if_bad, params, state["params"]),
+                     "opt_state": jax.tree.map(keep_if_bad, opt_state, state["opt_state"]), "rng": rng}
+        metrics = {"loss_sum": jnp.where(finite, loss_sum, 0.0), "count": jnp.where(finite, count, 0),
+                   "grad_norm": jnp.where(finite, grad_norm, 0.0), "nonfinite": (~finite).astype(jnp.int32)}
         return new_state, metrics
 
     out_shardings = None if state_shardings is None else (state_shardings, replicated)
