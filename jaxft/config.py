@@ -79,6 +79,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.qa.null_score_diff_threshold = 0.0  # SQuAD v2: answer "" when null score - best span score > this
     c.qa.tune_null_threshold = True      # SQuAD v2: pick that threshold with the best dev F1
 
+    # masked-LM pretraining (task "masked-lm", jaxft/tasks/mlm.py)
+    c.mlm = ml_collections.ConfigDict()
+    c.mlm.probability = 0.15             # share of tokens (or words) selected for prediction
+    c.mlm.mask_fraction = 0.8            # of the selected: replaced by [MASK]
+    c.mlm.random_fraction = 0.1          # of the selected: replaced by a random token (the rest stay)
+    c.mlm.whole_word = False             # select whole words (all their sub-tokens) instead of tokens
+    c.mlm.source_split = "all"           # all | train: only the first 70% of the lines (the fixed split's train
+                                         # part, so a later fine-tune's dev/test text is never seen)
+    c.mlm.heldout_fraction = 0.05        # last share of the lines held out for perplexity (no validation_file)
+    c.mlm.max_heldout_lines = 1000       # at most this many held-out lines
+    c.mlm.eval_seed = 1234               # masks of the held-out lines (fixed for the whole run)
+
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32
     c.train.grad_accum_steps = 1
@@ -213,6 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in FILE_KEYS:
         _file_exists(config, key)
     _validate_peft(config)
+    _validate_mlm(config)
     _validate_augment(config)
     if config.data.hf_dataset and config.data.train_file == PACKAGED_TWEETS_NER:
         raise ConfigError("data.hf_dataset is set while data.train_file is the packaged default: "
@@ -267,6 +280,18 @@ def _validate_augment(config) -> None:
     needing = [m for m in methods if m in ("insert", "synonym")]
     if needing and not aug.lexicon_file:
         raise ConfigError(f"augment.methods {', '.join(needing)} need a synonym lexicon: set augment.lexicon_file")
+
+
+def _validate_mlm(config) -> None:
+    mlm = config.mlm
+    _one_of(config, "mlm.source_split", ("all", "train"))
+    for key in ("probability", "heldout_fraction"):
+        if not 0 < mlm[key] < 1:
+            raise ConfigError(f"config key 'mlm.{key}' must be in (0, 1), got {mlm[key]}")
+    if not (0 <= mlm.mask_fraction and 0 <= mlm.random_fraction and mlm.mask_fraction + mlm.random_fraction <= 1):
+        raise ConfigError(f"mlm.mask_fraction + mlm.random_fraction must be fractions summing to at most 1, got "
+                          f"{mlm.mask_fraction} + {mlm.random_fraction}")
+    _positive(config, "mlm.max_heldout_lines")
 
 
 def _get(config, dotted: str):

@@ -114,6 +114,7 @@ TASK_RUNNERS = {
     "token-classification": "jaxft.tasks.ner:train_and_evaluate",
     "sequence-classification": "jaxft.tasks.classification:train_and_evaluate",
     "question-answering": "jaxft.tasks.qa:train_and_evaluate",
+    "masked-lm": "jaxft.tasks.mlm:train_and_evaluate",
 }
 
 

@@ -28,11 +28,12 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def fit(config, workdir: Path, model, task, model_path: str):
+def fit(config, workdir: Path, model, task, model_path: str, before_training=None):
     """What every task's run does between building its data/model and evaluating: write the resolved
     config, apply PEFT, build the Trainer, resume from the workdir's checkpoints, and train.
 
     Returns (trainer, result); result.finished is False when train.stop_after_step ended the process early.
+    before_training(trainer, resumed): called after the resume, before the first step (e.g. a baseline eval).
     """
     from jaxft.peft import run as peft_run
     from jaxft.train.loop import Trainer
@@ -43,7 +44,9 @@ def fit(config, workdir: Path, model, task, model_path: str):
     trainable = peft_run.setup(config, model, task)  # PEFT method / freezing / adversarial loss, by config
     trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=writer)
     peft_run.check_base(config, workdir, trainer, model_path, writer)
-    trainer.restore_latest()
+    resumed = trainer.restore_latest()
+    if before_training is not None:
+        before_training(trainer, resumed)
     return trainer, trainer.fit()
 
 
