@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ CONLL_EXTENSIONS = (".conll", ".txt", ".tsv", ".iob", ".bio")
 TABLE_EXTENSIONS = (".json", ".jsonl", ".parquet")
 
 _T = TypeVar("_T")
+log = logging.getLogger("jaxft.data")
 
 
 @dataclass
@@ -48,6 +50,11 @@ def read_conll(
     ``-DOCSTART-`` lines end the current sentence and are skipped; lines starting with ``"# "`` are
     comments (CoNLL-U style) and are skipped, so in whitespace-separated files a token ``#`` cannot be
     written as ``# TAG`` (use tabs). ``tag_column=None`` reads unlabelled files (tags are None).
+
+    Every token line must have as many columns as the file's first one: a line with more or fewer is
+    refused (a token with a space in a whitespace-separated file, a lost or extra column), because taking
+    the first and last column of it would silently misread the token or its tag. A carriage return inside
+    a line (old Mac line endings) is refused for the same reason.
     """
     if tag_column is not None and token_column == tag_column:
         raise ValueError(f"token_column and tag_column are both {token_column}")
@@ -56,6 +63,7 @@ def read_conll(
     tokens: list[str] = []
     tags: list[str] = []
     first_line = 0
+    layout: tuple[int, int, str] | None = None  # (line, columns, kind) of the first token line
 
     def end_sentence() -> None:
         if tokens:
@@ -72,10 +80,19 @@ def read_conll(
             continue
         if line.startswith("# "):
             continue
+        if "\r" in line:
+            raise DataError(path, "carriage return (\\r) inside the line: the file mixes line endings (old Mac "
+                                  "\\r line breaks?); convert it to \\n or \\r\\n", number)
         try:
-            token, tag = _split_conll_line(line, token_column, tag_column)
+            token, tag, columns, kind = _split_conll_line(line, token_column, tag_column)
         except ValueError as error:
             raise DataError(path, str(error), number) from None
+        if layout is None:
+            layout = (number, columns, kind)
+        elif columns != layout[1]:
+            raise DataError(path, f"{columns} {kind} columns, but line {layout[0]} has {layout[1]} "
+                                  f"{layout[2]} columns: a token with a space or tab in it, or a missing or extra "
+                                  "column?", number)
         if not tokens:
             first_line = number
         tokens.append(token)
@@ -87,7 +104,7 @@ def read_conll(
     return sentences
 
 
-def _split_conll_line(line: str, token_column: int, tag_column: int | None) -> tuple[str, str | None]:
+def _split_conll_line(line: str, token_column: int, tag_column: int | None) -> tuple[str, str | None, int, str]:
     if "\t" in line:
         columns = [column.strip() for column in line.split("\t")]
         while columns and not columns[-1]:  # trailing tabs
@@ -108,10 +125,10 @@ def _split_conll_line(line: str, token_column: int, tag_column: int | None) -> t
     if not token:
         raise ValueError(f"empty token in column {token_column}")
     if tag_column is None:
-        return token, None
+        return token, None, len(columns), kind
     tag = columns[tag_column]
     parse_tag(tag)
-    return token, tag
+    return token, tag, len(columns), kind
 
 
 def _columns_needed(index: int) -> int:
@@ -167,6 +184,7 @@ def read_table(
     else:
         raise DataError(path, f"unknown table extension {suffix!r}: expected one of {', '.join(TABLE_EXTENSIONS)}")
     sentences = []
+    empty: list[str] = []
     for where, row in rows:
         missing = [column for column in columns if column not in row]
         if missing:
@@ -175,9 +193,18 @@ def read_table(
                                     tags_column, label_names)
         if sentence is not None:
             sentences.append(sentence)
+        else:
+            empty.append(where)
     if not sentences:
         raise DataError(path, "no sentences found (no rows, or only rows without tokens)")
+    report_skipped_rows(path, empty)
     return sentences
+
+
+def report_skipped_rows(path, empty: Sequence[str]) -> None:
+    """Rows without tokens carry nothing to train or score on; they are skipped, but never silently."""
+    if empty:
+        log.warning("%s: skipped %d row(s) with no tokens (first: %s)", path, len(empty), empty[0])
 
 
 def json_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
@@ -186,6 +213,8 @@ def json_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(path, f"invalid JSON: {error.msg} (column {error.colno})", error.lineno) from None
+    except RecursionError:
+        raise DataError(path, "invalid JSON: nested too deeply") from None
     if isinstance(document, dict) and isinstance(document.get("data"), list):
         document = document["data"]
     if not isinstance(document, list):
@@ -206,6 +235,8 @@ def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(path, f"invalid JSON: {error.msg} (column {error.colno})", number) from None
+        except RecursionError:
+            raise DataError(path, "invalid JSON: nested too deeply", number) from None
         if not isinstance(row, dict):
             raise DataError(path, f"expected a JSON object, got {type(row).__name__}", number)
         yield f"{path}:{number}", row
@@ -312,13 +343,17 @@ def read_hf_dataset(
         label_names = _class_label_names(dataset.features[tags_column])
     data = dataset.select_columns(columns).to_dict()
     sentences = []
+    empty: list[str] = []
     for index, tokens in enumerate(data[tokens_column]):
         tags = data[tags_column][index] if tags_column is not None else None
         sentence = _row_to_sentence(f"{label}:row {index}", tokens, tags, tags_column, label_names)
         if sentence is not None:
             sentences.append(sentence)
+        else:
+            empty.append(f"{label}:row {index}")
     if not sentences:
         raise DataError(label, "no sentences found (no rows, or only rows without tokens)")
+    report_skipped_rows(label, empty)
     return sentences
 
 
@@ -383,7 +418,11 @@ def sentences_to_bio(sentences: Sequence[Sentence], scheme: str = "auto") -> Bio
     scheme = normalize_scheme(scheme, allow_auto=True)
     labelled = [sentence for sentence in sentences if sentence.tags is not None]
     if scheme == "auto":
-        scheme = detect_scheme(sentence.tags for sentence in labelled)
+        try:
+            scheme = detect_scheme(sentence.tags for sentence in labelled)
+        except ValueError as error:  # IOBES and BILOU prefixes in one corpus: name where each first appears
+            raise DataError(_first_source(labelled, "LU"), f"{error} (IOBES first at "
+                                                           f"{_first_source(labelled, 'ES')})") from None
     converted = []
     repaired = 0
     for sentence in sentences:
@@ -397,6 +436,13 @@ def sentences_to_bio(sentences: Sequence[Sentence], scheme: str = "auto") -> Bio
         repaired += result.repaired
         converted.append(Sentence(list(sentence.tokens), result.tags, sentence.source))
     return BioSentences(converted, scheme, repaired)
+
+
+def _first_source(sentences: Sequence[Sentence], prefixes: str) -> str:
+    for sentence in sentences:
+        if any(tag[:2] in {f"{p}-" for p in prefixes} for tag in sentence.tags):
+            return sentence.source
+    return "?"
 
 
 def split_fixed(

@@ -67,7 +67,10 @@ class Checkpointer:
             policies.BestN(get_metric_fn=lambda metrics: (metrics[best_metric], -metrics["step"]), n=1,
                            keep_checkpoints_without_metrics=False),
         ])
+        # best_fn only makes orbax write each save's metrics to disk (and read them back when a resumed
+        # process opens the folder); without it BestN sees no metrics after a restart and deletes the best.
         options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, create=True,
+                                               best_fn=lambda metrics: metrics[best_metric], best_mode="max",
                                                enable_async_checkpointing=self.asynchronous,
                                                cleanup_tmp_directories=True)  # half-written saves of a killed run
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
