@@ -294,6 +294,35 @@ def _validate_mlm(config) -> None:
     _positive(config, "mlm.max_heldout_lines")
 
 
+# What a run writes inside its workdir, and may therefore replace or delete.
+WORKDIR_OUTPUTS = ("export", "export_adapter", "checkpoints", "checkpoints_damaged")
+
+
+def validate_workdir(config: ml_collections.ConfigDict, workdir) -> None:
+    """Where a run may write: `workdir` and the fixed folders under it, nothing chosen by a config value.
+    Refused: a workdir that is an existing file, and inputs (model folder, data files) that lie inside a
+    folder the run overwrites, e.g. re-training `runs/x/export` with --workdir runs/x would replace the
+    model being read."""
+    from pathlib import Path
+
+    root = Path(os.path.expanduser(str(workdir)))
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--workdir {workdir}: exists and is not a folder")
+    outputs = [(root / name).resolve() for name in WORKDIR_OUTPUTS]
+    for key in ("model.name_or_path",) + FILE_KEYS:
+        value = _get(config, key)
+        if not value or value.startswith("packaged:"):
+            continue
+        path = Path(os.path.expanduser(value))
+        if not path.exists():
+            continue  # a hub id, or a file that validate() already reported
+        resolved = path.resolve()
+        for output in outputs:
+            if resolved == output or resolved.is_relative_to(output):
+                raise ConfigError(f"config key {key!r}: {value} lies inside {output}, which this run overwrites; "
+                                  "copy it elsewhere or use another --workdir")
+
+
 def _get(config, dotted: str):
     node = config
     for part in dotted.split("."):

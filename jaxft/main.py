@@ -98,9 +98,10 @@ def run_with_clear_errors(config, workdir: str) -> int:
 
 def run(config, workdir: str | Path) -> dict:
     """Train, evaluate and export one recipe into `workdir`; returns the results dict."""
-    from jaxft.config import validate
+    from jaxft.config import validate, validate_workdir
 
     validate(config)
+    validate_workdir(config, workdir)
     _initialize_distributed(config.mesh)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -124,11 +124,16 @@ def _read_safetensors_via_jax(path: Path, cause: Exception) -> dict[str, np.ndar
 def _read_sharded(index_path: Path, read_one) -> dict[str, np.ndarray]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ModelLoadError(f"{index_path}: not a valid shard index ({err})") from None
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ModelLoadError(f"{index_path}: not a valid shard index ({type(err).__name__}: {err})") from None
     merged: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
-        shard_path = index_path.parent / shard
+    folder = index_path.parent.resolve()
+    for shard in shards:
+        shard_path = index_path.parent / str(shard)
+        # A shard is a file of this folder: an index naming "../x" or "/etc/x" is refused, not followed.
+        if not isinstance(shard, str) or not shard_path.resolve().is_relative_to(folder):
+            raise ModelLoadError(f"{index_path}: lists shard {shard!r}, which is outside the model folder")
         if not shard_path.exists():
             raise ModelLoadError(f"{index_path}: lists shard {shard}, which is missing")
         merged.update(read_one(shard_path))
@@ -136,6 +141,9 @@ def _read_sharded(index_path: Path, read_one) -> dict[str, np.ndarray]:
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    """A pickle is read only by torch's weights-only unpickler (tensors and plain containers; any other
+    object, e.g. a __reduce__ that would run code, is refused). There is no switch to read it fully.
+    predict/serve's safetensors_only refuses pickles altogether."""
     try:
         import torch
     except ImportError:

@@ -17,7 +17,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | None = N
 
     folder = resolve_model_dir(name_or_path, cache_dir=cache_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, trust_remote_code=False)
     except Exception as err:
         raise ModelLoadError(f"{folder}: no usable tokenizer ({type(err).__name__}: {err})") from None
     if not tokenizer.is_fast:
