@@ -3,8 +3,8 @@
 Every parameter is perturbed (N(0, 0.1)) so that the targets depend clearly on the input words: at the
 fresh 0.02-std init a logit moves by about 1e-6 between input and baseline, all float32 rounding.
 Completeness tolerance: integrated gradients' attributions add up to F(input) - F(baseline) within 1e-3 of
-|F(input) - F(baseline)| with 50 Gauss-Legendre points and within 1e-2 with a 100-point midpoint Riemann sum;
-F is recomputed here through the model's own `inputs_embeds` call, not taken from the explainer.
+|F(input) - F(baseline)| with 50 points, midpoint Riemann (the default) or Gauss-Legendre (measured here: about
+4e-5 and 1e-6); F is recomputed through the model's own `inputs_embeds` call, not taken from the explainer.
 """
 
 import json
@@ -80,7 +80,7 @@ def label_weights(labels, label):
 
 # ---------------------------------------------------------------------------------------------- completeness
 
-@pytest.mark.parametrize("rule,steps,tolerance", [("gauss-legendre", 50, 1e-3), ("riemann", 100, 1e-2)])
+@pytest.mark.parametrize("rule,steps,tolerance", [("riemann", 50, 1e-3), ("gauss-legendre", 50, 1e-3)])
 def test_ig_completeness_classification(explain_classifier, classifier, tokenizer, rule, steps, tolerance):
     result = explain_classifier.explain(TEXT, steps=steps, rule=rule)
     (explanation,) = result["explanations"]
@@ -91,7 +91,7 @@ def test_ig_completeness_classification(explain_classifier, classifier, tokenize
     assert abs(delta) > 0.01, "the perturbed model should depend on its input words"
     total = sum(explanation["token_attributions"])
     assert abs(total - delta) <= tolerance * abs(delta)
-    assert explanation["relative_gap"] <= tolerance
+    assert explanation["relative_gap"] <= tolerance and "warning" not in explanation
     assert explanation["value"] == pytest.approx(value, abs=1e-5)
     assert explanation["baseline_value"] == pytest.approx(baseline_value, abs=1e-5)
     # special tokens are the same in input and baseline: zero attribution; words keep the whole sum
@@ -156,7 +156,7 @@ def test_shapes_and_word_alignment(explain_classifier, tokenizer):
     (explanation,) = result["explanations"]
     assert len(explanation["token_attributions"]) == n_tokens
     assert len(explanation["word_attributions"]) == len(result["words"])
-    assert result["method"] == "ig" and result["steps"] == 4 and result["rule"] == "gauss-legendre"
+    assert result["method"] == "ig" and result["steps"] == 4 and result["rule"] == "riemann"
     json.dumps(result)  # JSON-ready
 
 
@@ -179,11 +179,11 @@ def test_path_points():
 
 
 def test_rules_agree_and_chunking_changes_nothing(classifier, tokenizer, explain_classifier):
-    gauss = explain_classifier.explain(TEXT, steps=50)["explanations"][0]["token_attributions"]
+    gauss = explain_classifier.explain(TEXT, steps=50, rule="gauss-legendre")["explanations"][0]["token_attributions"]
     riemann = explain_classifier.explain(TEXT, steps=200, rule="riemann")["explanations"][0]["token_attributions"]
     scale = max(abs(a) for a in gauss)
     assert np.max(np.abs(np.array(gauss) - np.array(riemann))) <= 1e-2 * scale
-    chunked = Explainer(classifier, tokenizer, step_batch=7).explain(TEXT, steps=50)
+    chunked = Explainer(classifier, tokenizer, step_batch=7).explain(TEXT, steps=50, rule="gauss-legendre")
     np.testing.assert_allclose(chunked["explanations"][0]["token_attributions"], gauss, rtol=1e-5, atol=1e-7)
 
 
@@ -198,6 +198,11 @@ def test_gradient_x_input_matches_direct_gradient(explain_classifier, classifier
     grad = jax.grad(lambda e: classifier(ids, inputs_embeds=e)[0, label])(x)
     np.testing.assert_allclose(explanation["token_attributions"], np.asarray((x * grad).sum(-1))[0],
                                rtol=1e-4, atol=1e-7)
+
+
+def test_too_few_steps_are_flagged(explain_classifier):
+    (explanation,) = explain_classifier.explain(TEXT, steps=1)["explanations"]
+    assert explanation["relative_gap"] > 1e-2 and "raise the number of steps" in explanation["warning"]
 
 
 def test_deterministic(explain_classifier, classifier, tokenizer):
