@@ -20,6 +20,7 @@ from pathlib import Path
 SUBCOMMANDS = {
     "predict": "jaxft.main:_predict_command",
     "explain": "jaxft.explain:main",
+    "sweep": "jaxft.sweep:sweep_command",
     "serve": "jaxft.serve.app:serve_command",
     "quantize": "jaxft.quantize:quantize_command",
 }
