@@ -90,8 +90,8 @@ class Server:
         self.log.close()
 
 
-def predict_cli(models: list[Path], lines: list[str], tmp: Path) -> list[dict]:
-    path = tmp / "input.txt"
+def predict_cli(models: list[Path], lines: list[str], tmp: Path, name: str = "input.txt") -> list[dict]:
+    path = tmp / name
     path.write_text("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "jaxft.main", "predict", "--input", str(path), "--max-length", "32"]
     for model in models:
@@ -114,6 +114,9 @@ def assert_same_predictions(served, expected):
             elif key == "probabilities":
                 assert a[key].keys() == b[key].keys()
                 assert list(a[key].values()) == pytest.approx(list(b[key].values()), abs=1e-5)
+            elif key == "n_best":
+                assert [(e["text"], e["start"]) for e in a[key]] == [(e["text"], e["start"]) for e in b[key]]
+                assert [e["score"] for e in a[key]] == pytest.approx([e["score"] for e in b[key]], abs=1e-5)
             elif key == "score":
                 assert a[key] == pytest.approx(b[key], abs=1e-5)
             else:
@@ -127,6 +130,7 @@ def exports(tmp_path_factory, tiny_bert_no_dropout):
         "ner": make_export(root / "ner", tiny_bert_no_dropout, "token-classification", NER_LABELS, head_scale=1.0),
         "cls_a": make_export(root / "cls_a", tiny_bert_no_dropout, "sequence-classification", CLS_LABELS, seed=1),
         "cls_b": make_export(root / "cls_b", tiny_bert_no_dropout, "sequence-classification", CLS_LABELS, seed=2),
+        "qa": make_export(root / "qa", tiny_bert_no_dropout, "question-answering", seed=3),
     }
 
 
@@ -227,3 +231,35 @@ def test_serve_loads_only_safetensors(exports, tmp_path):
                            str(free_port())], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "only safetensors" in done.stderr and str(folder) in done.stderr
+
+
+QUESTIONS = [
+    {"id": "q0", "question": "Where did John fly?", "context": "John Smith flew from Paris to Berlin on Monday."},
+    {"id": "q1", "question": "Who met?", "context": " ".join(["Maria and Pedro met at the Madrid museum."] * 5)},
+]
+
+
+def test_question_answering_server_answers_equal_predict(exports, tmp_path):
+    expected = predict_cli([exports["qa"]], [json.dumps(q) for q in QUESTIONS], tmp_path, "questions.jsonl")
+    server = Server([exports["qa"]])
+    try:
+        status, answer = post(server.port, {"texts": QUESTIONS})
+        assert status == 200
+        assert_same_predictions(answer["predictions"], expected)
+        assert answer["predictions"][1]["answer"] in QUESTIONS[1]["context"]
+        status, answer = post(server.port, {"texts": ["a plain string"]})
+        assert status == 422 and '{"question": ..., "context": ...}' in answer["error"]["message"]
+        status, answer = post(server.port, {"texts": [{"question": "q?"}]})
+        assert status == 422 and "texts[0].context must be a string" in answer["error"]["message"]
+        metrics = server.metrics()
+        assert metrics["jaxft_compilations"] == metrics["jaxft_warmup_compilations"] == 4
+    finally:
+        server.stop()
+
+
+def test_pair_models_take_text_pairs():
+    from jaxft.serve.inputs import Limits, RequestError, validate
+
+    assert validate({"texts": [["a", "b"]]}, "sequence-classification", True, Limits()) == [("a", "b")]
+    with pytest.raises(RequestError, match=r"texts\[0\] must be a \[text, pair\] list"):
+        validate({"texts": ["a"]}, "sequence-classification", True, Limits())
