@@ -141,7 +141,7 @@ if SMOKE:
     config.model.name_or_path = str(tiny_bert(small / "tiny-bert"))
     config.data.train_file = str(small / "ner.conll")  # 70/15/15 split of 120 sentences
     for key, value in {"data.max_length": 64, "data.bucket_multiple": 64, "train.batch_size": 16,
-                       "train.num_epochs": 2, "train.log_every": 2, "optim.learning_rate": 1e-3,
+                       "train.num_epochs": 1, "train.log_every": 2, "optim.learning_rate": 1e-3,
                        "train.progress_bar": False}.items():
         set_key(config, key, value)
 print(config.model.name_or_path, config.data.train_file, f"{config.train.num_epochs} epochs")
@@ -180,7 +180,7 @@ if SMOKE:
     config.model.name_or_path = str(tiny_bert(small / "tiny-bert"))
     config.data.train_file = str(small / "reviews.csv")  # 70/15/15 split of 150 reviews
     for key, value in {"data.max_length": 64, "data.bucket_multiple": 64, "train.batch_size": 16,
-                       "train.num_epochs": 2, "train.log_every": 2, "optim.learning_rate": 1e-3,
+                       "train.num_epochs": 1, "train.log_every": 2, "optim.learning_rate": 1e-3,
                        "train.progress_bar": False}.items():
         set_key(config, key, value)
 print(config.model.name_or_path, config.data.train_file, f"{config.train.num_epochs} epochs")

@@ -259,7 +259,9 @@ class Explainer:
             "task": self.task, "text": text, "method": method, "baseline": baseline if method == "ig" else None,
             "steps": int(steps) if method == "ig" else None, "rule": rule if method == "ig" else None,
             "tokens": encoded.tokens, "token_words": encoded.token_words.tolist(), "words": encoded.words,
-            "prediction": prediction, "explanations": []}
+            "prediction": prediction, "explanations": [],
+            # words past max_length (classification truncates) have no sub-token and attribution 0
+            "words_without_tokens": len(encoded.words) - len(set(encoded.token_words[encoded.token_words >= 0].tolist()))}
         if text_pair is not None:
             result["text_pair"] = text_pair
         for description, weights in targets:

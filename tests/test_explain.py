@@ -153,11 +153,18 @@ def test_shapes_and_word_alignment(explain_classifier, tokenizer):
     for word in result["words"]:
         assert "Unbelievably dull... & <overlong>"[word["start"]:word["end"]] == word["text"]
     assert sorted(set(result["token_words"]) - {-1}) == list(range(len(result["words"])))
+    assert result["words_without_tokens"] == 0
     (explanation,) = result["explanations"]
     assert len(explanation["token_attributions"]) == n_tokens
     assert len(explanation["word_attributions"]) == len(result["words"])
     assert result["method"] == "ig" and result["steps"] == 4 and result["rule"] == "riemann"
     json.dumps(result)  # JSON-ready
+
+
+def test_truncated_words_are_counted_and_get_nothing(classifier, tokenizer):
+    result = Explainer(classifier, tokenizer, max_length=8).explain(TEXT, steps=4)
+    assert len(result["tokens"]) == 8 and result["words_without_tokens"] == len(TEXT.split()) - 6
+    assert result["explanations"][0]["word_attributions"][6:] == [0.0] * (len(TEXT.split()) - 6)
 
 
 def test_pair_words_carry_their_segment(explain_classifier):

@@ -1,7 +1,7 @@
 """The Colab notebooks (colab/*.ipynb), executed top to bottom with nbclient on CPU in smoke mode.
 
 JAXFT_NOTEBOOK_SMOKE=1 makes each notebook build a random 2-layer BERT (MiniLM's tokenizer), take a slice
-of the packaged data and train two short epochs; JAXFT_NOTEBOOK_INSTALL=0 forbids it to pip-install
+of the packaged data and train one short epoch; JAXFT_NOTEBOOK_INSTALL=0 forbids it to pip-install
 anything (jaxft and the packaged data must already be importable by this Python, which the kernel runs).
 Any cell that raises fails the test (nbclient's CellExecutionError). The last cell prints one line
 "JAXFT_NOTEBOOK_SUMMARY {json}", checked here together with the files the run left.
