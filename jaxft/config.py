@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.stop_after_step = 0          # > 0: checkpoint and end this process at that step (the schedule
                                          # still spans the whole run); re-run the command to continue
     c.train.progress_bar = True
+    c.train.wandb = False                # also log the metrics to Weights & Biases (pip install jaxft[wandb];
+                                         # WANDB_MODE=offline works without network)
+    c.train.wandb_project = "jaxft"
     c.train.skip_nonfinite = False      # NaN/inf loss or gradient: False stops the run; True skips the step
 
     c.optim = ml_collections.ConfigDict()

@@ -44,6 +44,7 @@ class MetricsWriter:
     metrics to TensorBoard under `workdir/tensorboard` (tags `{split}/{name}`).
 
     With `enabled=False` (non-zero processes of a multi-host run) nothing is written.
+    `add_wandb` also sends the same scalars to Weights & Biases (config `train.wandb`).
     """
 
     def __init__(self, workdir, enabled: bool = True):
@@ -52,6 +53,7 @@ class MetricsWriter:
         self.jsonl_path = self.workdir / METRICS_FILENAME
         self._jsonl_file = None
         self._tensorboard = None
+        self._wandb = None
         if not enabled:
             return
         from tensorboardX import SummaryWriter  # imported only where something is written
@@ -73,6 +75,28 @@ class MetricsWriter:
             if scalar is not None:
                 self._tensorboard.add_scalar(f"{split}/{name}", scalar, global_step=int(step))
         self._tensorboard.flush()
+        if self._wandb is not None:
+            scalars = {f"{split}/{n}": _as_scalar(v) for n, v in metrics.items() if _as_scalar(v) is not None}
+            self._wandb.log({**scalars, "step": int(step)})
+
+    def add_wandb(self, project: str, config: dict | None = None) -> None:
+        """Log every scalar to a W&B run too (`WANDB_MODE=offline` needs no network; files go to
+        workdir/wandb). The run id is kept in workdir/wandb_run_id.txt, so a resumed run continues its W&B
+        run; "step" is the x axis, so steps a resume logs again do not break W&B's monotonic step."""
+        if not self.enabled:
+            return
+        import uuid
+        try:
+            import wandb
+        except ImportError:
+            raise RuntimeError("train.wandb=True needs the wandb package: pip install 'jaxft[wandb]'") from None
+        id_file = self.workdir / "wandb_run_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        self._wandb = wandb.init(project=project, id=run_id, resume="allow", dir=str(self.workdir),
+                                 name=self.workdir.name, config=config or {})
+        self._wandb.define_metric("step")
+        self._wandb.define_metric("*", step_metric="step")
 
     def close(self) -> None:
         if self._jsonl_file is not None:
@@ -81,6 +105,9 @@ class MetricsWriter:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -43,6 +43,8 @@ def fit(config, workdir: Path, model, task, model_path: str, before_training=Non
         write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
     trainable = peft_run.setup(config, model, task)  # PEFT method / freezing / adversarial loss, by config
     trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=writer)
+    if config.train.wandb:
+        trainer.metrics.add_wandb(config.train.wandb_project, json.loads(config.to_json_best_effort()))
     peft_run.check_base(config, workdir, trainer, model_path, writer)
     resumed = trainer.restore_latest()
     if before_training is not None:
