@@ -109,18 +109,40 @@ class EnsembleStep:
         return compiled_count(self._jitted)
 
 
+CALL_OVERHEAD_ROWS = 2.0  # one extra compiled call costs about as much as this many padded rows
+
+
+def plan_batches(count: int, batch_sizes: Sequence[int], overhead_rows: float = CALL_OVERHEAD_ROWS) -> list[int]:
+    """Padded batch sizes whose calls cover `count` rows at the least cost, a call of size s costing
+    s + overhead_rows: 10 rows with sizes (1, 8, 32) run as 8 + 1 + 1 rather than padded to 32. With one
+    batch size this is ceil(count / size) calls of that size."""
+    sizes = sorted(set(batch_sizes))
+    if len(sizes) == 1:
+        return [sizes[0]] * -(-count // sizes[0])
+    full, rest = divmod(count, sizes[-1])
+    best: list[tuple[float, list[int]]] = [(0.0, [])] + [(float("inf"), [])] * rest
+    for n in range(1, rest + 1):  # least cost to cover n rows
+        for size in sizes:
+            cost, plan = best[max(0, n - size)]
+            if cost + size + overhead_rows < best[n][0]:
+                best[n] = (cost + size + overhead_rows, plan + [size])
+    return [sizes[-1]] * full + sorted(best[rest][1], reverse=True)
+
+
 def run_rows(fn: Callable, rows: Sequence[dict], batch_sizes: Sequence[int], buckets: Sequence[int],
              pad_values: dict, per_token: bool = True) -> list:
-    """fn over length-sorted batches of at most max(batch_sizes) rows, each padded to the smallest batch
-    size that holds it and to its length bucket; one output per row, in row order (per-token outputs cut
-    back to the row's length). With one batch size this is data.batching.map_batches."""
-    sizes = sorted(batch_sizes)
+    """fn over length-sorted batches, padded to the batch sizes `plan_batches` picks and to their length
+    bucket; one output per row, in row order (per-token outputs cut back to the row's length). With one
+    batch size this is data.batching.map_batches."""
     lengths = [len(row["input_ids"]) for row in rows]
     order = np.argsort(lengths, kind="stable")
     outputs: list = [None] * len(rows)
-    for start in range(0, len(order), sizes[-1]):
-        indices = order[start:start + sizes[-1]]
-        size = next(s for s in sizes if s >= len(indices))
+    start = 0
+    for size in plan_batches(len(rows), batch_sizes):
+        indices = order[start:start + size]
+        start += size
+        if not len(indices):
+            continue
         predicted = jax.device_get(fn(collate([rows[i] for i in indices], size, buckets, pad_values)))
         for row_in_batch, index in enumerate(indices):
             cut = (lambda x: x[row_in_batch, :lengths[index]]) if per_token else (lambda x: x[row_in_batch])
