@@ -26,15 +26,29 @@ COLAB = REPO / "colab"
 MARKER = "JAXFT_NOTEBOOK_SUMMARY "
 
 
+KERNEL = "jaxft-test-python"
+
+
+def kernelspec_dir(root: Path) -> Path:
+    """A kernelspec that runs this very Python (not whatever 'python3' a user-level kernelspec points at)."""
+    folder = root / "kernels" / KERNEL
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "jaxft test", "language": "python"}))
+    return root
+
+
 def execute(nb, workdir: Path, monkeypatch):
     """Run a notebook in a fresh kernel of this Python, cwd colab/; returns it with outputs."""
-    for key, value in {"JAXFT_NOTEBOOK_SMOKE": "1", "JAXFT_NOTEBOOK_INSTALL": "0",
+    jupyter_path = kernelspec_dir(workdir.parent / "jupyter")
+    for key, value in {"JUPYTER_PATH": str(jupyter_path), "JAXFT_NOTEBOOK_SMOKE": "1", "JAXFT_NOTEBOOK_INSTALL": "0",
                        "JAXFT_NOTEBOOK_WORKDIR": str(workdir), "JAXFT_SOURCE": str(REPO),
                        "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
                        }.items():
         monkeypatch.setenv(key, value)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name=KERNEL,
                                      resources={"metadata": {"path": str(COLAB)}})
     client.execute()
     return nb
@@ -94,9 +108,11 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
 
 def test_a_failing_cell_fails(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+    nb.cells = [nbformat.v4.new_code_cell("import sys; print(sys.executable)"),
+                nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="boom"):
-        execute(nb, tmp_path, monkeypatch)
+        execute(nb, tmp_path / "run", monkeypatch)
+    assert nb.cells[0].outputs[0]["text"].strip() == sys.executable  # the kernel runs this Python
 
 
 def test_notebooks_match_their_generator():
