@@ -263,3 +263,91 @@ def test_pair_models_take_text_pairs():
     assert validate({"texts": [["a", "b"]]}, "sequence-classification", True, Limits()) == [("a", "b")]
     with pytest.raises(RequestError, match=r"texts\[0\] must be a \[text, pair\] list"):
         validate({"texts": ["a"]}, "sequence-classification", True, Limits())
+
+
+# ---------------------------------------------------------------------------------------------- in process
+
+class FakePredictor:
+    """Stands in for a model: records the item lists of its calls."""
+
+    task, members, batch_sizes, buckets, pairs = "token-classification", 1, (1, 8), [16], False
+
+    def __init__(self):
+        self.calls, self.compilations = [], 0
+
+    def warm_up(self):
+        self.compilations = 2
+        return 2
+
+    def predict_items(self, items):
+        self.calls.append(list(items))
+        return [{"text": item, "n": len(item)} for item in items]
+
+
+def asgi(app, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+    """One request straight through the ASGI app (no server, no lifespan)."""
+    import asyncio
+
+    async def call():
+        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return status, payload
+
+    status, payload = asyncio.run(call())
+    return status, (json.loads(payload) if payload.startswith(b"{") else {"text": payload.decode()})
+
+
+def test_health_and_predict_wait_for_warm_up():
+    from jaxft.serve.app import ServeState, build_app
+    from jaxft.serve.inputs import Limits
+
+    state = ServeState(FakePredictor(), limits=Limits())
+    app = build_app(state, warm_up=False)
+    status, body = asgi(app, "GET", "/health")
+    assert status == 503 and body["status"] == "warming_up"
+    status, body = asgi(app, "POST", "/predict", b'{"texts": ["a"]}')
+    assert status == 503 and body["error"]["code"] == "warming_up"
+    state.warm_up()
+    status, body = asgi(app, "GET", "/health")
+    assert status == 200 and body["status"] == "ready" and body["compilations"] == 2
+    status, body = asgi(app, "GET", "/metrics")
+    assert 'jaxft_requests_total{status="503"} 1' in body["text"] and "jaxft_warmup_compilations 2" in body["text"]
+
+
+def test_batcher_joins_waiting_requests_up_to_max_items():
+    import asyncio
+
+    from jaxft.serve.batcher import DynamicBatcher
+
+    async def scenario(max_items, requests):
+        predictor = FakePredictor()
+        seen = []
+        batcher = DynamicBatcher(predictor.predict_items, max_items=max_items, max_wait_ms=200,
+                                 on_batch=lambda items, reqs: seen.append((items, reqs)))
+        batcher.start()
+        answers = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        await batcher.stop()
+        return answers, predictor.calls, seen
+
+    # all queued in one event-loop turn: one call, answers split back in order
+    answers, calls, seen = asyncio.run(scenario(8, [["a"], ["bb", "ccc"], ["dddd"]]))
+    assert calls == [["a", "bb", "ccc", "dddd"]] and seen == [(4, 3)]
+    assert answers == [[{"text": "a", "n": 1}], [{"text": "bb", "n": 2}, {"text": "ccc", "n": 3}],
+                       [{"text": "dddd", "n": 4}]]
+    # a request that would overflow max_items waits for the next call; none is split
+    answers, calls, _ = asyncio.run(scenario(3, [["a", "b"], ["c", "d"], ["e"], ["f", "g", "h", "i"]]))
+    assert calls == [["a", "b"], ["c", "d", "e"], ["f", "g", "h", "i"]]
+    assert [len(a) for a in answers] == [2, 2, 1, 4]
