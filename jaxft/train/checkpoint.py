@@ -57,7 +57,26 @@ class Checkpointer:
         self.asynchronous = asynchronous
         self.is_writer = is_writer
         self._pending_step: int | None = None   # the last save handed to orbax, maybe still being written
+        self.damaged_at_open: list[tuple[int, str, Path | None]] = []  # (step, reason, moved to)
+        self._set_aside_unopenable_steps()
         self.manager = self._make_manager()
+
+    def _set_aside_unopenable_steps(self) -> None:
+        """orbax reads every step's _CHECKPOINT_METADATA and metrics when it opens the folder and fails on a
+        damaged one; such steps are moved aside first (and reported by the Trainer's resume)."""
+        if not self.directory.is_dir():
+            return
+        for folder in sorted(self.directory.iterdir()):
+            if not (folder.name.isdigit() and folder.is_dir()):
+                continue
+            for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
+                try:
+                    if (folder / name).exists():
+                        json.loads((folder / name).read_text())
+                except (OSError, ValueError) as err:
+                    reason = f"{name} is unreadable ({type(err).__name__}: {err})"
+                    self.damaged_at_open.append((int(folder.name), reason, self._move_aside(folder)))
+                    break
 
     def _make_manager(self) -> ocp.CheckpointManager:
         best_metric = self.best_metric
@@ -142,13 +161,16 @@ class Checkpointer:
 
     def quarantine(self, step: int) -> Path | None:
         """Move a damaged step folder out of orbax's sight (next to checkpoints/), for inspection."""
-        folder = self.directory / str(step)
-        target = None
-        if self.is_writer and folder.exists():
-            target = self.directory.parent / QUARANTINE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(folder), str(target))
+        target = self._move_aside(self.directory / str(step))
         self.manager.reload()
+        return target
+
+    def _move_aside(self, folder: Path) -> Path | None:
+        if not (self.is_writer and folder.exists()):
+            return None
+        target = self.directory.parent / QUARANTINE_DIR / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder), str(target))
         return target
 
     def close(self) -> None:

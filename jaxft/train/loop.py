@@ -223,6 +223,9 @@ class Trainer:
         with the step fallen back to and why). Refuses a workdir whose checkpoints another config wrote."""
         self._check_fingerprint()
         failures = []
+        for step, reason, moved in self.checkpoints.damaged_at_open:
+            failures.append(f"step {step} ({reason})")
+            log.warning("checkpoint at step %d is damaged: %s; moved it to %s", step, reason, moved)
         for step in reversed(self.checkpoints.all_steps()):
             try:
                 state, meta = self.checkpoints.restore(step, self.state)
