@@ -51,7 +51,7 @@ def read_conll(
     comments (CoNLL-U style) and are skipped, so in whitespace-separated files a token ``#`` cannot be
     written as ``# TAG`` (use tabs). ``tag_column=None`` reads unlabelled files (tags are None).
 
-    Every token line must have as many columns as the file's first one: a line with more or fewer is
+    With a tag column, every token line must have as many columns as the file's first one: a line with more or fewer is
     refused (a token with a space in a whitespace-separated file, a lost or extra column), because taking
     the first and last column of it would silently misread the token or its tag. A carriage return inside
     a line (old Mac line endings) is refused for the same reason.
@@ -89,7 +89,7 @@ def read_conll(
             raise DataError(path, str(error), number) from None
         if layout is None:
             layout = (number, columns, kind)
-        elif columns != layout[1]:
+        elif columns != layout[1] and tag_column is not None:  # unlabelled reading ignores the other columns
             raise DataError(path, f"{columns} {kind} columns, but line {layout[0]} has {layout[1]} "
                                   f"{layout[2]} columns: a token with a space or tab in it, or a missing or extra "
                                   "column?", number)
