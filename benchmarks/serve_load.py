@@ -2,6 +2,7 @@ r"""Loopback load test of `python -m jaxft.main serve`: throughput and latency a
 
     python benchmarks/serve_load.py [--model /tmp/jaxft_exports/ner] [--concurrency 1,4,16]
                                     [--requests 200] [--seconds 60] [--texts-per-request 1]
+                                    [--abuse-fraction 0.3 [--seed 0]]
 
 Starts the server as a subprocess on 127.0.0.1 (or uses --url), waits for /health, then for each
 concurrency level runs that many client threads, each sending POST /predict requests one after another,
@@ -9,6 +10,13 @@ until --requests requests are done or --seconds have passed (both bound every le
 tweets from the packaged NER data (cycled). Prints a table (requests/s, texts/s, p50/p90/p99 latency, mean
 items per model batch from /metrics) and writes benchmarks/results/serve_load.json. Also checks that the
 server compiled nothing after warm-up.
+
+--abuse-fraction F makes a seeded fraction F of the requests bad ones, sent over raw sockets: malformed or
+truncated JSON, a form body, a body just over --max-body-bytes, one declaring 1 GiB of which 64 KiB are
+streamed, a chunked body over the limit, too many texts, wrong types, JSON nested 5,000 deep, invalid UTF-8,
+a lone surrogate, an empty list, and clients that hang up mid-body. Throughput and latency are then those of
+the valid requests; each level also reports the bad requests' statuses, how many got another status than
+expected, and the server's resident memory (VmRSS) before and after. Writes serve_abuse.json by default.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -60,10 +69,89 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
 
 
-def run_level(url: str, texts: list[str], concurrency: int, requests: int, seconds: float, per_request: int) -> dict:
+BAD_KINDS = ("truncated_json", "form_body", "just_over_limit", "far_over_limit", "chunked_over_limit",
+             "too_many_texts", "wrong_type", "deep_nesting", "invalid_utf8", "lone_surrogate", "empty_list",
+             "hang_up_mid_body")
+
+
+def bad_request(kind: str, rng: random.Random, max_body: int, max_texts: int) -> tuple[list[bytes], int | None]:
+    """(what the client sends, in pieces; the status it must get, None for a client that hangs up)."""
+    def post(body: bytes, content_type: str = "application/json", length: int | None = None) -> bytes:
+        return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
+
+    valid = json.dumps({"texts": ["John went to Paris", "the weather in London"]}).encode()
+    if kind == "truncated_json":
+        return [post(valid[:rng.randint(0, len(valid) - 1)])], 400
+    if kind == "form_body":
+        return [post(b"texts=John+went+to+Paris", "application/x-www-form-urlencoded")], 400
+    if kind == "just_over_limit":
+        return [post(json.dumps({"texts": ["x" * (max_body + rng.randint(1, 100))]}).encode())], 413
+    if kind == "far_over_limit":
+        return [post(b"", length=1 << 30), b"[" * 65536], 413
+    if kind == "chunked_over_limit":
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = 65536
+        return [head] + [b"%x\r\n" % chunk + b" " * chunk + b"\r\n"] * (max_body // chunk + 1), 413
+    if kind == "too_many_texts":
+        return [post(json.dumps({"texts": ["Paris"] * (max_texts + rng.randint(1, 50))}).encode())], 413
+    if kind == "wrong_type":
+        return [post(json.dumps(rng.choice([{"texts": [1]}, {"texts": "Paris"}, {"text": ["a"]}])).encode())], 422
+    if kind == "deep_nesting":
+        return [post(b"[" * 5000 + b"]" * 5000)], 400
+    if kind == "invalid_utf8":
+        return [post(b'{"texts": ["caf\xe9 \xff"]}')], 400
+    if kind == "lone_surrogate":
+        return [post(b'{"texts": ["Paris \\ud800"]}')], 422
+    if kind == "empty_list":
+        return [post(b'{"texts": []}')], 422
+    if kind == "hang_up_mid_body":
+        whole = post(valid)
+        return [whole[:len(whole) - len(valid) // 2]], None
+    raise ValueError(kind)
+
+
+def send_raw(url: str, parts: list[bytes], hang_up: bool) -> int | None:
+    """Send the pieces over one connection; the answer's status (None: none, or the client hung up)."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
+        try:
+            for part in parts:
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered (413) and closed before the client finished sending: read the answer
+        if hang_up:
+            return None
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+        except ConnectionResetError:
+            return None
+        return int(data.split(b" ", 2)[1])
+
+
+def server_rss_mib(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def run_level(url: str, texts: list[str], concurrency: int, requests: int, seconds: float, per_request: int,
+              abuse_fraction: float = 0.0, seed: int = 0, max_body: int = 1 << 20, max_texts: int = 64,
+              pid: int | None = None) -> dict:
     latencies: list[float] = []
     errors = [0]
     counter = [0]
+    bad_statuses: dict[str, int] = {}
+    unexpected: list[str] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
@@ -74,6 +162,17 @@ def run_level(url: str, texts: list[str], concurrency: int, requests: int, secon
                     return
                 index = counter[0]
                 counter[0] += 1
+            rng = random.Random(f"{seed}:{concurrency}:{index}")
+            if rng.random() < abuse_fraction:
+                kind = rng.choice(BAD_KINDS)
+                parts, expected = bad_request(kind, rng, max_body, max_texts)
+                status = send_raw(url, parts, hang_up=expected is None)
+                with lock:
+                    key = f"{kind}:{status}"
+                    bad_statuses[key] = bad_statuses.get(key, 0) + 1
+                    if status != expected:
+                        unexpected.append(f"{kind}: {status}, expected {expected}")
+                continue
             batch = [texts[(index * per_request + j) % len(texts)] for j in range(per_request)]
             start = time.perf_counter()
             status, _ = http(url + "/predict", json.dumps({"texts": batch}).encode())
@@ -85,6 +184,7 @@ def run_level(url: str, texts: list[str], concurrency: int, requests: int, secon
                     errors[0] += 1
 
     before = metrics(url)
+    rss_before = server_rss_mib(pid)
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for thread in threads:
@@ -93,9 +193,18 @@ def run_level(url: str, texts: list[str], concurrency: int, requests: int, secon
         thread.join()
     wall = time.perf_counter() - start
     after = metrics(url)
+    rss_after = server_rss_mib(pid)
     batches = after["jaxft_batch_items_count"] - before["jaxft_batch_items_count"]
     items = after["jaxft_batch_items_sum"] - before["jaxft_batch_items_sum"]
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0], "wall_s": wall,
+    abuse = {}
+    if abuse_fraction > 0:
+        status_500 = 'jaxft_requests_total{status="500"}'
+        abuse = {"bad_requests": sum(bad_statuses.values()), "bad_by_kind_and_status": dict(sorted(bad_statuses.items())),
+                 "unexpected_statuses": unexpected, "server_500s": after.get(status_500, 0) - before.get(status_500, 0)}
+    if rss_before is not None:
+        abuse.update(rss_mib_before=round(rss_before, 1), rss_mib_after=round(rss_after, 1),
+                     rss_growth_mib=round(rss_after - rss_before, 1))
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0], "wall_s": wall, **abuse,
             "requests_per_s": len(latencies) / wall, "texts_per_s": len(latencies) * per_request / wall,
             "p50_ms": 1000 * statistics.median(latencies), "p90_ms": 1000 * percentile(latencies, 90),
             "p99_ms": 1000 * percentile(latencies, 99), "mean_ms": 1000 * statistics.fmean(latencies),
@@ -117,8 +226,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60, help="seconds per level at most")
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--server-args", default="", help="extra serve flags, e.g. '--batch-sizes 1,8,32'")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
+    parser.add_argument("--abuse-fraction", type=float, default=0.0,
+                        help="fraction of requests that are bad ones (malformed, oversized, hung up; see above)")
+    parser.add_argument("--seed", type=int, default=0, help="which requests are bad, and how")
+    parser.add_argument("--max-body-bytes", type=int, default=None,
+                        help="the server's limit (passed to a server started here; default the serve default)")
+    parser.add_argument("--max-texts", type=int, default=None, help="likewise")
+    parser.add_argument("--out", default=None,
+                        help="default benchmarks/results/serve_load.json, serve_abuse.json with --abuse-fraction")
     args = parser.parse_args()
+    from jaxft.serve.inputs import Limits
+    max_body = args.max_body_bytes or Limits.max_body_bytes
+    max_texts = args.max_texts or Limits.max_texts
+    out = args.out or str(REPO / "benchmarks" / "results" /
+                          ("serve_abuse.json" if args.abuse_fraction > 0 else "serve_load.json"))
 
     process = None
     url = args.url
@@ -126,7 +247,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "jaxft.main", "serve", "--model", args.model, "--port", str(port),
-                   *args.server_args.split()]
+                   "--max-body-bytes", str(max_body), "--max-texts", str(max_texts), *args.server_args.split()]
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
     try:
@@ -149,7 +270,9 @@ def main() -> int:
         print(f"server ready: {health['compilations']} shapes (batch {health['batch_sizes']} x length "
               f"{health['length_buckets']}), warm-up {health['warmup_seconds']} s")
         texts = tweets()
-        rows = [run_level(url, texts, int(c), args.requests, args.seconds, args.texts_per_request)
+        rows = [run_level(url, texts, int(c), args.requests, args.seconds, args.texts_per_request,
+                          args.abuse_fraction, args.seed, max_body, max_texts,
+                          process.pid if process is not None else None)
                 for c in args.concurrency.split(",")]
         final = metrics(url)
         compiles_after = final["jaxft_compilations"] - final["jaxft_warmup_compilations"]
@@ -164,14 +287,23 @@ def main() -> int:
         print(f"{r['concurrency']:>4} {r['requests']:>8} {r['errors']:>3} {r['requests_per_s']:>7.1f} "
               f"{r['texts_per_s']:>7.1f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} {r['p99_ms']:>7.1f} "
               f"{r['mean_items_per_batch']:>11.2f}")
+    if args.abuse_fraction > 0 or any("rss_mib_after" in r for r in rows):
+        print(f"\n{'conc':>4} {'bad':>5} {'unexpected':>10} {'500s':>4} {'RSS before MiB':>14} {'after':>7} {'growth':>6}")
+        for r in rows:
+            print(f"{r['concurrency']:>4} {r.get('bad_requests', 0):>5} {len(r.get('unexpected_statuses', [])):>10} "
+                  f"{int(r.get('server_500s', 0)):>4} {r.get('rss_mib_before') or 0:>14.1f} "
+                  f"{r.get('rss_mib_after') or 0:>7.1f} {r.get('rss_growth_mib') or 0:>+6.1f}")
+            for line in r.get("unexpected_statuses", [])[:5]:
+                print(f"     unexpected: {line}")
     print(f"compilations after warm-up: {int(compiles_after)}")
-    result = {"model": args.model, "texts_per_request": args.texts_per_request, "health": health,
+    result = {"model": args.model, "texts_per_request": args.texts_per_request, "abuse_fraction": args.abuse_fraction,
+              "seed": args.seed, "limits": {"max_body_bytes": max_body, "max_texts": max_texts}, "health": health,
               "compilations_after_warmup": int(compiles_after), "levels": rows,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average_at_end": os.getloadavg()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -9,6 +9,10 @@ GET  /metrics  Prometheus text: requests by status, latency and batch-size histo
 At start-up the predictor compiles one program per (batch size, length bucket) before /health turns
 ready; /predict answers 503 until then. After warm-up no request compiles anything: `jaxft_compilations`
 stays equal to `jaxft_warmup_compilations` (tests/test_serve.py checks it).
+
+Bodies are read up to --max-body-bytes and within --body-timeout-s; a 413 (declared or streamed past the
+limit), a 408 or a 503 closes the connection rather than reading the rest. A client that hangs up mid-body is
+counted as status 499. tests/test_serve_abuse.py runs a mixed load of bad requests against all of this.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ class ServeState:
 
 def build_app(state: ServeState, *, warm_up: bool = True):
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     @contextlib.asynccontextmanager
@@ -78,11 +83,16 @@ def build_app(state: ServeState, *, warm_up: bool = True):
             if warming is not None and not warming.done():
                 warming.cancel()
 
-    def error(err: RequestError) -> JSONResponse:
+    def error(err: RequestError, *, close: bool = False) -> JSONResponse:
         state.metrics.requests.inc(status=str(err.status))
-        return JSONResponse(err.body(), status_code=err.status)
+        # close: the body was not read to its end (413, 408), so the connection must not carry another request;
+        # uvicorn closes it after this answer instead of reading and dropping the rest of the body
+        headers = {"connection": "close"} if close else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     async def read_body(request) -> bytes:
+        """The body, at most max_body_bytes of it: a declared Content-Length over the limit is refused before a
+        byte is read, a chunked body as soon as it passes the limit."""
         limit = state.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -99,9 +109,20 @@ def build_app(state: ServeState, *, warm_up: bool = True):
         start = time.perf_counter()
         if not state.ready.is_set():
             return error(RequestError(503, "warming_up", "the model is still compiling; retry when /health "
-                                                         "says ready"))
+                                                         "says ready"), close=True)
+        timeout = state.limits.body_timeout_s
         try:
-            body = parse_json(await read_body(request))
+            raw = await asyncio.wait_for(read_body(request), timeout)
+        except RequestError as err:
+            return error(err, close=True)
+        except asyncio.TimeoutError:  # a client that stalls mid-body does not hold a connection forever
+            return error(RequestError(408, "body_timeout", f"the body did not arrive within {timeout:g} s"),
+                         close=True)
+        except ClientDisconnect:  # the client closed the connection mid-body: nobody to answer
+            state.metrics.requests.inc(status="499")
+            return Response(status_code=499)
+        try:
+            body = parse_json(raw)
             items = validate(body, state.predictor.task, state.pairs, state.limits)
         except RequestError as err:
             return error(err)
@@ -170,6 +191,8 @@ def serve_command(argv: list[str]) -> int:
     parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
     parser.add_argument("--max-texts", type=int, default=Limits.max_texts, help="items per request at most")
     parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars)
+    parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s,
+                        help="a request body must arrive within this many seconds of its headers (else 408)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
 
@@ -194,7 +217,7 @@ def serve_command(argv: list[str]) -> int:
     except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    limits = Limits(args.max_body_bytes, args.max_texts, args.max_text_chars)
+    limits = Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.body_timeout_s)
     state = ServeState(predictor, limits=limits, max_wait_ms=args.max_wait_ms)
     import uvicorn
 

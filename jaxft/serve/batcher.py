@@ -80,24 +80,40 @@ class DynamicBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             batch = [p for p in batch if not p.future.done()]  # clients that gave up
             if not batch:
                 continue
-            items = [item for pending in batch for item in pending.items]
             try:
-                results = await loop.run_in_executor(self._executor, self.predict, items)
-            except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                await self._run(batch)
+            except Exception as err:  # noqa: BLE001 - never let the loop die: every later request would hang
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(err)
-                continue
-            if self.on_batch:
-                self.on_batch(len(items), len(batch))
-            start = 0
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [item for pending in batch for item in pending.items]
+        try:
+            results = await loop.run_in_executor(self._executor, self.predict, items)
+        except Exception as err:  # noqa: BLE001
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(err)
+                return
+            # one request's items broke the call: run each request alone (same compiled shapes), so only the
+            # requests that fail on their own get the error, not the others that happened to share the batch
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(results[start:start + len(pending.items)])
-                start += len(pending.items)
+                    await self._run([pending])
+            return
+        if len(results) != len(items):
+            raise RuntimeError(f"the predictor returned {len(results)} results for {len(items)} items")
+        if self.on_batch:
+            self.on_batch(len(items), len(batch))
+        start = 0
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_result(results[start:start + len(pending.items)])
+            start += len(pending.items)

@@ -1,8 +1,13 @@
 """Request bodies -> validated items for a predictor, or a RequestError naming the problem.
 
-Status codes: 400 the body is not JSON or not a JSON object; 413 the body is over max_body_bytes or holds
-more than max_texts items; 422 "texts" is missing, not a list, empty, or an item has the wrong type, is
-blank or is longer than max_text_chars characters.
+Status codes: 400 the body is not JSON (also: not UTF-8, nested deeper than Python's recursion limit) or
+not a JSON object; 408 the body did not arrive within body_timeout_s; 413 the body is over max_body_bytes
+or holds more than max_texts items; 422 "texts" is missing, not a list, empty, or an item has the wrong
+type, is blank, is longer than max_text_chars characters or holds a lone surrogate (a "\ud800" escape:
+valid JSON, but no Unicode text, and the tokenizer cannot take it).
+
+The Content-Type header is not checked: the body is read as JSON whatever it says (`curl -d` sends
+application/x-www-form-urlencoded).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_texts: int = 64
     max_text_chars: int = 5000
+    body_timeout_s: float = 30.0  # the whole body must arrive within this long after the headers
 
 
 class RequestError(Exception):
@@ -32,6 +38,8 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as err:
         raise RequestError(400, "malformed_json", f"body is not valid JSON ({err})") from None
+    except RecursionError:  # [[[[...]]]] deeper than the recursion limit: not a 500
+        raise RequestError(400, "too_deeply_nested", "body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise RequestError(400, "not_an_object", 'body must be a JSON object {"texts": [...]}, got a '
                                                  f"{_kind(body)}")
@@ -69,6 +77,11 @@ def _text(item, where: str, limits: Limits, what: str = "a string") -> str:
     if len(item) > limits.max_text_chars:
         raise RequestError(422, "text_too_long", f"{where} has {len(item)} characters; at most "
                                                  f"{limits.max_text_chars}")
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate escape; the tokenizer would raise on the whole batch
+        raise RequestError(422, "invalid_text", f"{where} holds a lone surrogate {item[err.start]!r} at "
+                                                f"character {err.start}; send Unicode text") from None
     return item
 
 
