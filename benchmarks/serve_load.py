@@ -199,7 +199,8 @@ def run_level(url: str, texts: list[str], concurrency: int, requests: int, secon
     abuse = {}
     if abuse_fraction > 0:
         status_500 = 'jaxft_requests_total{status="500"}'
-        abuse = {"bad_requests": sum(bad_statuses.values()), "bad_by_kind_and_status": dict(sorted(bad_statuses.items())),
+        abuse = {"bad_requests": sum(bad_statuses.values()),
+                 "bad_by_kind_and_status": dict(sorted(bad_statuses.items())),
                  "unexpected_statuses": unexpected, "server_500s": after.get(status_500, 0) - before.get(status_500, 0)}
     if rss_before is not None:
         abuse.update(rss_mib_before=round(rss_before, 1), rss_mib_after=round(rss_after, 1),
@@ -288,7 +289,8 @@ def main() -> int:
               f"{r['texts_per_s']:>7.1f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} {r['p99_ms']:>7.1f} "
               f"{r['mean_items_per_batch']:>11.2f}")
     if args.abuse_fraction > 0 or any("rss_mib_after" in r for r in rows):
-        print(f"\n{'conc':>4} {'bad':>5} {'unexpected':>10} {'500s':>4} {'RSS before MiB':>14} {'after':>7} {'growth':>6}")
+        print(f"\n{'conc':>4} {'bad':>5} {'unexpected':>10} {'500s':>4} {'RSS before MiB':>14} {'after':>7} "
+              f"{'growth':>6}")
         for r in rows:
             print(f"{r['concurrency']:>4} {r.get('bad_requests', 0):>5} {len(r.get('unexpected_statuses', [])):>10} "
                   f"{int(r.get('server_500s', 0)):>4} {r.get('rss_mib_before') or 0:>14.1f} "

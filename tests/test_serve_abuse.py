@@ -31,8 +31,8 @@ SEED = 20261130
 
 # The bound on VmRSS growth from round 1 to round 2, from measurement (2-core machine, load average ~10 from
 # other jobs): round 1 leaves the server at ~700 MiB (jax, the XLA CPU runtime, the tiny model and its 4
-# compiled shapes); round 2, the same 600 requests again, moved it by +0.1, +0.2 and +0.1 MiB in three runs. The
-# allocator can still grow in one step once settled: in benchmarks/serve_load.py on the real MiniLM export
+# compiled shapes); round 2, the same 600 requests again, moved it by +0.1, +0.2 and +0.1 MiB in three runs.
+# The allocator can still grow in one step once settled: in benchmarks/serve_load.py on the real MiniLM export
 # (1 MiB bodies, 16 clients), the 2nd of six identical levels grew 9.4 MiB, the others 0.0-1.8 MiB. 16 MiB is
 # above that step and 80x this test's noise, and catches a leak of >= 28 KiB per request: a connection kept
 # with its read buffer (uvicorn reads up to 64 KiB ahead), or a handler kept with the body it read.
