@@ -4,10 +4,18 @@ rank-8 LoRA adapters on every dense layer of the encoder plus the token classifi
 Command:
     python -m jaxft.main --config configs/ner_lora.py --workdir runs/ner_lora
 
-Result so far (seed 0, shared 2-core CPU, tuned on dev): test F1 0.412, dev 0.458, 777 s of training, with
-340k of 22.7M parameters trainable (1.5%). Full fine-tuning (configs/ner.py, seed 0) reached test 0.440 /
-dev 0.462; the 3-seed comparison is still to be run (benchmarks/peft_methods.py --methods full,lora
---seeds 0,1,2).
+Runtime: about 5 minutes of training on an idle 2-core CPU (0.57 s a step at 32 x 128, 530 steps); the
+measured runs below shared the machine and took 297-3066 s.
+
+Expected (3 seeds, benchmarks/peft_methods.py --methods full,lora --seeds 0,1,2; settings chosen on dev):
+    LoRA (this recipe)          test F1 0.410 / 0.412 / 0.421  mean 0.414   dev mean 0.464
+    full fine-tuning (ner.py)   test F1 0.440 / 0.419 / 0.429  mean 0.429   dev mean 0.470
+    350k of 22.9M parameters trainable (1.53%: LoRA A/B, every LayerNorm, the classifier); a checkpoint is
+    4.2 MiB against 172 MiB (2.4%); peak RSS 2.7-2.8 GiB against 3.3-3.5 GiB.
+The test gap is 1.52 points (the issue asks for 1.5), the dev gap 0.5; on 360 test sentences one seed's F1
+moves by about 2 points, so the two are within noise of each other, but the bar is not met yet.
+Tried on dev (seed 0): the same without LayerNorms trained (test mean 0.407 over 3 seeds, dev 0.455);
+query/value only (test 0.380); lr 2e-3, or rank 16 with alpha 32 (both diverged to F1 0).
 
 Exports: `export/` is the merged model (an ordinary HF folder; PyTorch transformers loads it),
 `export_adapter/` the adapter in peft's format (`PeftModel.from_pretrained(base, "export_adapter")`).
@@ -26,7 +34,7 @@ def get_config():
     config.peft.alpha = 16.0
     config.peft.dropout = 0.0                              # see the header: memory
     config.peft.target_modules = "query|key|value|dense"   # every encoder dense layer
-    config.peft.modules_to_save = "auto"                  # the token classifier, trained in full
+    config.peft.modules_to_save = "classifier|LayerNorm"  # the token classifier and every LayerNorm, in full
     config.optim.learning_rate = 1e-3
     config.optim.weight_decay = 0.01
     config.optim.warmup_ratio = 0.1
