@@ -332,7 +332,8 @@ def _cell(value) -> str:
 
 def markdown_table(rows, columns, label, mode, best, plan) -> str:
     shown = [c for c in columns if c != "error"]
-    head = [c if c != "score" else label for c in shown]
+    names = {"score": label, "test_score": "test." + label.split(".", 1)[-1] if label.startswith("dev.") else "test"}
+    head = [names.get(c, c) for c in shown]
     lines = [f"Sweep of {Path(plan['recipe']).name} over {Path(plan['space_file']).name} "
              f"({'lower' if mode == 'min' else 'higher'} {label} is better; best marked *)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -365,6 +366,8 @@ def _plot(path: Path, rows, keys, label, best) -> None:
             axis.legend(fontsize=8)
         if numeric and values and min(values) > 0 and max(values) / min(values) >= 20:
             axis.set_xscale("log")
+        if numeric and 0 < len(set(values)) <= 8:  # few distinct values: label them as written (1e-4, not 0.0001)
+            axis.set_xticks(sorted(set(values)), [f"{v:g}" for v in sorted(set(values))])
         axis.set_xlabel(key)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
