@@ -317,7 +317,9 @@ def test_full_disk_during_a_save_is_reported_and_the_run_resumes(setup, tmp_path
 
     full = run(command, preexec_fn=small_files_only)
     assert full.returncode == 3, full.stderr[-3000:]
-    message = full.stderr.strip().splitlines()[-1]
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert errors, full.stderr[-3000:]
+    message = errors[-1]
     assert message.startswith(f"error: could not write the checkpoint at step 9 to {tmp_path / 'checkpoints'}")
     assert "The previous checkpoint, at step 6, is intact" in message
     assert finished_checkpoints(tmp_path) == [3, 6]

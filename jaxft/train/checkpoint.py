@@ -127,6 +127,10 @@ class Checkpointer:
         self.manager.reload()
         good = self.latest_step()
         cause = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+        try:  # consume the failed async save now; otherwise orbax re-raises it as a traceback at exit
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - it is the error reported below
+            pass
         raise CheckpointSaveError(
             f"could not write the checkpoint at step {step} to {self.directory} ({cause}). "
             + (f"The previous checkpoint, at step {good}, is intact: free space (or fix the folder) and re-run "

@@ -126,7 +126,7 @@ FINGERPRINT_KEYS = (
     "train.batch_size", "train.grad_accum_steps", "train.num_epochs", "train.max_steps", "train.seed",
     "train.adversarial", "train.adversarial_epsilon", "train.adversarial_steps", "train.adversarial_alpha",
 )
-FINGERPRINT_GROUPS = ("optim", "peft", "augment")  # augment: the augmented train set
+FINGERPRINT_GROUPS = ("optim", "peft", "augment", "mlm")  # augment: the augmented train set; mlm: masking
 
 
 def run_fingerprint(config, task) -> dict:
