@@ -4,8 +4,9 @@ rank-8 LoRA adapters on every dense layer of the encoder plus the token classifi
 Command:
     python -m jaxft.main --config configs/ner_lora.py --workdir runs/ner_lora
 
-Runtime: about 5 minutes of training on an idle 2-core CPU (0.57 s a step at 32 x 128, 530 steps); the
-measured runs below shared the machine and took 297-3066 s.
+Runtime: about 5 minutes of training on a quiet 2-core CPU (530 steps at length-bucketed shapes; 297 s
+measured for one seed with the LayerNorms frozen); the LayerNorm runs below shared the machine and took
+about 3,000 s each.
 
 Expected (3 seeds, benchmarks/peft_methods.py --methods full,lora --seeds 0,1,2; settings chosen on dev):
     LoRA (this recipe)          test F1 0.410 / 0.412 / 0.421  mean 0.414   dev mean 0.464
