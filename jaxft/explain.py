@@ -452,9 +452,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--html", default=None, help="also write a self-contained HTML heat map here")
     parser.add_argument("--output", default=None, help="write the JSON here instead of stdout")
     args = parser.parse_args(argv)
-    from jaxft.config import ConfigError
-    from jaxft.data.errors import DataError
-    from jaxft.models import ModelLoadError, UnsupportedModelError
+    from jaxft.main import user_errors
 
     try:
         if args.steps < 1:
@@ -462,7 +460,7 @@ def main(argv: list[str]) -> int:
         explainer = Explainer.from_pretrained(args.model, max_length=args.max_length)
         result = explainer.explain(args.text, text_pair=args.text_pair, method=args.method, steps=args.steps,
                                    rule=args.rule, baseline=args.baseline, target=args.target)
-    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, ValueError) as err:
+    except (*user_errors(), ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(result, ensure_ascii=False, indent=1)

@@ -77,17 +77,22 @@ def _one_line(err: Exception) -> str:
     return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
 
 
-def run_with_clear_errors(config, workdir: str) -> int:
-    """run(), turning the errors a user can fix into one line on stderr and exit status 2."""
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can fix (config, data, model folder): commands print them as one line and exit 2."""
     from jaxft.config import ConfigError
     from jaxft.data.errors import DataError
     from jaxft.models import ModelLoadError, UnsupportedModelError
 
+    return ConfigError, DataError, ModelLoadError, UnsupportedModelError
+
+
+def run_with_clear_errors(config, workdir: str) -> int:
+    """run(), turning the errors a user can fix into one line on stderr and exit status 2."""
     from jaxft.train.errors import EXIT_TRAINING_ERROR, TrainingError
 
     try:
         run(config, workdir)
-    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError) as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:  # non-finite loss, a checkpoint that could not be written (see train.errors)
@@ -194,9 +199,6 @@ def _predict_command(argv: list[str]) -> int:
                         help="NER input: text (one sentence a line, split on whitespace) or conll (tokens in the "
                              "first column, blank lines between sentences)")
     args = parser.parse_args(argv)
-    from jaxft.config import ConfigError
-    from jaxft.data.errors import DataError
-    from jaxft.models import ModelLoadError, UnsupportedModelError
 
     if args.input not in (None, "-") and not os.path.isfile(args.input):
         print(f"error: --input: file not found: {args.input}", file=sys.stderr)
@@ -212,7 +214,7 @@ def _predict_command(argv: list[str]) -> int:
             import importlib
             module = importlib.import_module(PREDICT_RUNNERS[task])
             module.run_predict(models, args.input, max_length=args.max_length, batch_size=args.batch_size)
-    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, UnicodeDecodeError, ValueError) as err:
+    except (*user_errors(), UnicodeDecodeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

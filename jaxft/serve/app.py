@@ -196,10 +196,7 @@ def serve_command(argv: list[str]) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
 
-    from jaxft.config import ConfigError
-    from jaxft.data.errors import DataError
-    from jaxft.main import _enable_compilation_cache
-    from jaxft.models import ModelLoadError, UnsupportedModelError
+    from jaxft.main import _enable_compilation_cache, user_errors
     from jaxft.predict import exported_task, load_predictor
 
     for folder in args.model:
@@ -214,7 +211,7 @@ def serve_command(argv: list[str]) -> int:
         predictor = load_predictor(args.model, max_length=max_length, batch_sizes=args.batch_sizes,
                                    dtype=args.dtype, safetensors_only=True,
                                    length_buckets=args.length_buckets or default_length_buckets)
-    except (ConfigError, DataError, ModelLoadError, UnsupportedModelError, ValueError) as err:
+    except (*user_errors(), ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     limits = Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.body_timeout_s)
