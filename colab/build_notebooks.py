@@ -112,6 +112,16 @@ mesh = make_mesh(config.mesh)
 print("mesh", dict(mesh.shape), "axes", mesh.axis_names)
 {device_note}'''
 
+# A random 2-layer BERT with the packaged MiniLM tokenizer, shared by the smoke cells.
+TINY_BERT = '''\
+def tiny_bert(folder):
+    hf = dict(model_type="bert", architectures=["BertModel"], vocab_size=30522, hidden_size=32,
+              num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+              type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    encoder = jm.Encoder(EncoderConfig.from_hf(hf), hf_config_json=json.dumps(hf), rngs=nnx.Rngs(0))
+    return jm.save_pretrained(encoder, folder, tokenizer=jm.load_tokenizer(packaged_minilm_path()))'''
+
 SMOKE_NER = '''\
 # Smoke settings (CI on CPU): a random 2-layer BERT with the MiniLM tokenizer, 120 tweets, a few steps.
 import json
@@ -123,13 +133,7 @@ from jaxft.data.readers import packaged_minilm_path, packaged_tweets_ner_path
 from jaxft.models.config import EncoderConfig
 
 
-def tiny_bert(folder):
-    hf = dict(model_type="bert", architectures=["BertModel"], vocab_size=30522, hidden_size=32,
-              num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-              type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
-              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    encoder = jm.Encoder(EncoderConfig.from_hf(hf), hf_config_json=json.dumps(hf), rngs=nnx.Rngs(0))
-    return jm.save_pretrained(encoder, folder, tokenizer=jm.load_tokenizer(packaged_minilm_path()))
+''' + TINY_BERT + '''
 
 
 if SMOKE:
@@ -160,13 +164,7 @@ from jaxft.data.text_readers import read_packaged_rotten_tomatoes
 from jaxft.models.config import EncoderConfig
 
 
-def tiny_bert(folder):
-    hf = dict(model_type="bert", architectures=["BertModel"], vocab_size=30522, hidden_size=32,
-              num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-              type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
-              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    encoder = jm.Encoder(EncoderConfig.from_hf(hf), hf_config_json=json.dumps(hf), rngs=nnx.Rngs(0))
-    return jm.save_pretrained(encoder, folder, tokenizer=jm.load_tokenizer(packaged_minilm_path()))
+''' + TINY_BERT + '''
 
 
 if SMOKE:
