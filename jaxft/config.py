@@ -109,6 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
                                          # WANDB_MODE=offline works without network)
     c.train.wandb_project = "jaxft"
     c.train.skip_nonfinite = False      # NaN/inf loss or gradient: False stops the run; True skips the step
+    c.train.ema_decay = 0.0              # > 0: keep an exponential moving average of the trained weights
+                                         # (warm-up min(decay, (1+t)/(10+t))); dev, test and export use it
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-4
@@ -223,6 +225,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"optim.learning_rate must be in (0, 1), got {config.optim.learning_rate}")
     if not 0 <= config.optim.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {config.optim.warmup_ratio}")
+    if not 0 <= config.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off; 0.99-0.9999 are usual), "
+                          f"got {config.train.ema_decay}")
     if not 8 <= config.data.max_length <= 8192:
         raise ConfigError(f"data.max_length must be in [8, 8192], got {config.data.max_length}")
     for key in FILE_KEYS:

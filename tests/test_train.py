@@ -194,3 +194,57 @@ def test_early_stopping_keeps_the_best_evaluation(tiny_bert, small_ner_file, tmp
     per_epoch = int(np.ceil(140 / 8))
     assert results["best_step"] == per_epoch
     assert results["steps"] == 2 * per_epoch  # stopped after one evaluation without improvement
+
+
+def test_ema_follows_the_warmed_up_recurrence_and_skips_bad_steps(tiny_bert_no_dropout):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxft.train.step import POISON_KEY
+
+    model = jm.from_pretrained(tiny_bert_no_dropout, task=jm.TOKEN_CLASSIFICATION, num_labels=5, seed=1)
+    parts, params, frozen, rng = split_model(model)
+    config = base_config()
+    config.optim.warmup_ratio = 0.0
+    tx = make_optimizer(config.optim, 10, params)
+    step = make_train_step(parts, tx, ner_loss, ema_decay=0.9)
+    batch = collate(random_rows(8), 8, bucket_lengths(64, 16), {"input_ids": 0, "labels": -100})
+    batch = {k: v[None] for k, v in batch.items()}
+    state = init_train_state(jax.tree.map(jnp.copy, params), rng, tx, ema=True)
+    expected = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    for t in range(3):
+        state, _ = step(state, frozen, batch)
+        decay = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, 0.25: the pretrained start fades fast
+        expected = {k: decay * expected[k] + (1 - decay) * np.asarray(state["params"][k]) for k in expected}
+    for key in expected:
+        np.testing.assert_allclose(np.asarray(state["ema"][key]), expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert max(float(np.abs(np.asarray(state["ema"][k]) - np.asarray(state["params"][k])).max()) for k in expected) > 1e-5
+    before = {k: np.asarray(v) for k, v in state["ema"].items()}
+    state, metrics = step(state, frozen, {**batch, POISON_KEY: jnp.float32(jnp.nan)})
+    assert int(metrics["nonfinite"]) == 1
+    for key in before:
+        np.testing.assert_array_equal(np.asarray(state["ema"][key]), before[key], err_msg=key)
+
+
+def test_ema_run_evaluates_and_exports_the_average_and_resumes_bit_identically(tiny_bert, small_ner_file, tmp_path):
+    import orbax.checkpoint as ocp
+    from safetensors.numpy import load_file
+
+    from jaxft.main import run
+
+    overrides = {"train.num_epochs": 3, "train.ema_decay": 0.9}
+    whole = run(tiny_ner_config(tiny_bert, small_ner_file, **overrides), tmp_path / "whole")
+    stopped = run(tiny_ner_config(tiny_bert, small_ner_file, **overrides, **{"train.stop_after_step": 25}),
+                  tmp_path / "split")
+    assert stopped == {"stopped_at_step": 25}
+    resumed = run(tiny_ner_config(tiny_bert, small_ner_file, **overrides, **{"train.stop_after_step": 25}),
+                  tmp_path / "split")
+    assert resumed["test"] == whole["test"] and resumed["best_step"] == whole["best_step"]
+    exported = {w: load_file(str(tmp_path / w / "export" / "model.safetensors")) for w in ("whole", "split")}
+    for key in exported["whole"]:
+        np.testing.assert_array_equal(exported["split"][key], exported["whole"][key], err_msg=key)
+
+    best = ocp.StandardCheckpointer().restore(tmp_path / "whole" / "checkpoints" / str(whole["best_step"]) / "state")
+    head = exported["whole"]["classifier.weight"]  # HF layout [labels, hidden] = our kernel transposed
+    np.testing.assert_array_equal(head, np.asarray(best["ema"]["classifier.kernel"]).T)
+    assert np.abs(head - np.asarray(best["params"]["classifier.kernel"]).T).max() > 1e-4

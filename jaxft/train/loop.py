@@ -177,7 +177,8 @@ class Trainer:
         self.schedule = learning_rate_schedule(config.optim, self.total_steps)
         self.state, self.frozen, state_shardings = self._place_state(params, frozen, rng)
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.train_step = make_train_step(self.parts, self.tx, task.loss, state_shardings, replicated)
+        self.train_step = make_train_step(self.parts, self.tx, task.loss, state_shardings, replicated,
+                                          ema_decay=self.train_cfg.ema_decay)
         self.predict_step = make_predict_step(self.parts, task.predict, replicated)
         log.info(sharding.describe(self.mesh, self.state["params"], self.state["opt_state"]))
         self.checkpoints = Checkpointer(self.workdir / "checkpoints", keep=self.train_cfg.keep_checkpoints,
@@ -212,7 +213,10 @@ class Trainer:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         state_sh = {"step": replicated, "params": param_sh, "rng": rng_sh,
                     "opt_state": sharding.optimizer_shardings(self.tx, params, param_sh, self.mesh)}
-        init = jax.jit(lambda p, r: init_train_state(p, r, self.tx), out_shardings=state_sh)
+        ema = bool(self.train_cfg.ema_decay)
+        if ema:
+            state_sh["ema"] = param_sh
+        init = jax.jit(lambda p, r: init_train_state(p, r, self.tx, ema=ema), out_shardings=state_sh)
         state = init(jax.device_put(params, param_sh), jax.device_put(rng, rng_sh))
         return state, jax.device_put(frozen, frozen_sh), state_sh
 
@@ -298,9 +302,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ batches
 
+    @staticmethod
+    def evaluated_params(state: dict) -> Flat:
+        """The weights that are evaluated, kept as best and exported: the moving average when there is one."""
+        return state.get("ema", state["params"])
+
     def predict_batches(self, rows: Sequence[dict], params: Flat | None = None) -> list[np.ndarray]:
         """Task predictions for every row (in the given order), each cut to the row's length."""
-        params = self.state["params"] if params is None else params
+        params = self.evaluated_params(self.state) if params is None else params
 
         def run(batch):
             out = self.predict_step(params, self.frozen, self.state["rng"],
@@ -470,7 +479,7 @@ class Trainer:
         return stop
 
     def _result(self, step: int, restore_best: bool = True) -> TrainResult:
-        params = self.state["params"]
+        params = self.evaluated_params(self.state)
         best = self.loop.best_step
         if restore_best and best >= 0 and best != step:
             try:
@@ -478,7 +487,7 @@ class Trainer:
             except CorruptCheckpoint as err:
                 raise TrainingError(f"{err}; it holds the best dev parameters, which cannot be exported. "
                                            "Delete the workdir's checkpoints to train again") from None
-            params = restored["params"]
+            params = self.evaluated_params(restored)
         compiles = {"train_step": compiled_count(self.train_step), "predict_step": compiled_count(self.predict_step)}
         return TrainResult(self.parts, params, self.frozen, self.state["rng"], self.loop, step, compiles,
                            lambda rows: self.predict_batches(rows, params))

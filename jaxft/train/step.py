@@ -1,7 +1,7 @@
 """The pure, jit-compiled train and predict steps.
 
-State is a dict of arrays {"step", "params", "opt_state", "rng"} and is donated to the step, so XLA
-updates it in place. A batch holds arrays shaped [grad_accum_steps, batch, length]; micro-batch losses are
+State is a dict of arrays {"step", "params", "opt_state", "rng"} (plus "ema", an exponential moving average
+of the parameters, when train.ema_decay > 0) and is donated to the step, so XLA updates it in place. A batch holds arrays shaped [grad_accum_steps, batch, length]; micro-batch losses are
 sums over their real (non-pad, non-ignored) targets and the gradient is divided once by the total count,
 so k accumulated micro-batches give the gradient of one k-times-larger batch.
 """
@@ -30,14 +30,31 @@ def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid, dtype=jnp.int32)
 
 
-def init_train_state(params: Flat, rng: Flat, tx: optax.GradientTransformation) -> dict:
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": rng}
+def init_train_state(params: Flat, rng: Flat, tx: optax.GradientTransformation, *, ema: bool = False) -> dict:
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": rng}
+    if ema:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """The averaging weight after `step` updates: min(decay, (1 + step) / (10 + step)). The warm-up keeps
+    the average from being dominated by the pretrained weights in short fine-tuning runs (as
+    tf.train.ExponentialMovingAverage does with num_updates)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema: Flat, params: Flat, decay: jax.Array) -> Flat:
+    return jax.tree.map(lambda avg, p: (decay * avg.astype(jnp.float32)
+                                        + (1.0 - decay) * p.astype(jnp.float32)).astype(avg.dtype), ema, params)
 
 
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: LossFn,
-                    state_shardings=None, replicated=None):
+                    state_shardings=None, replicated=None, *, ema_decay: float = 0.0):
     """Inputs arrive already placed (state, frozen params and batch carry their shardings); the new state
-    keeps the state's shardings and the metrics are replicated."""
+    keeps the state's shardings and the metrics are replicated. With ema_decay > 0 the state must hold
+    "ema" (init_train_state(..., ema=True)); it is updated after every good step."""
     def micro_loss(params, frozen, rng, micro_batch):
         model = parts.merge(params, frozen, rng, train=True)
         loss_sum, count = loss_fn(model, micro_batch)
@@ -78,8 +95,12 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         keep_if_bad = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = {"step": state["step"] + 1, "params": jax.tree.map(keep_if_bad, params, state["params"]),
+        params = jax.tree.map(keep_if_bad, params, state["params"])
+        new_state = {"step": state["step"] + 1, "params": params,
                      "opt_state": jax.tree.map(keep_if_bad, opt_state, state["opt_state"]), "rng": rng}
+        if ema_decay:
+            decay = jnp.where(finite, ema_decay_at(ema_decay, state["step"]), 1.0)
+            new_state["ema"] = update_ema(state["ema"], params, decay)
         metrics = {"loss_sum": jnp.where(finite, loss_sum, 0.0), "count": jnp.where(finite, count, 0),
                    "grad_norm": jnp.where(finite, grad_norm, 0.0), "nonfinite": (~finite).astype(jnp.int32)}
         return new_state, metrics
