@@ -219,9 +219,7 @@ def load_quantized(model_dir: str | Path, task: str, dtype=jnp.float32):
     """A quantized folder -> model with QuantizedLinear (and QuantizedEmbed) modules, in eval mode."""
     from safetensors.numpy import load_file
 
-    # The model skeleton and the float weights go through the same code as from_pretrained.
-    from jaxft.models.config import EncoderConfig, read_hf_config
-    from jaxft.models.hf import ModelLoadError, _build, _load_weights, _resolve_labels
+    from jaxft.models.hf import ModelLoadError, from_tensors
 
     folder = Path(model_dir)
     info = quantization_info(folder)
@@ -231,11 +229,8 @@ def load_quantized(model_dir: str | Path, task: str, dtype=jnp.float32):
     if not weights.is_file():
         raise ModelLoadError(f"{folder}: quantized weights {weights.name} are missing")
     tensors = load_file(str(weights))
-    hf_config = read_hf_config(str(folder / "config.json"))
-    config = EncoderConfig.from_hf(hf_config, source=str(folder / "config.json"))
-    labels = _resolve_labels(task, hf_config, None, None)
-    model = _build(config, task, labels, hf_config, None, jnp.dtype(dtype), 0, "none")
-    report = _load_weights(model, config, dequantize_tensors(tensors), folder, False)
+    # The model skeleton and the float weights go through the same code as from_pretrained.
+    model, report = from_tensors(folder, dequantize_tensors(tensors), task, dtype)
     if report.missing:
         raise ModelLoadError(f"{folder}: {weights.name} lacks weights: {', '.join(report.missing[:5])}")
     swap_in_quantized(model, tensors)

@@ -258,6 +258,20 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
     return (model, report) if output_loading_info else model
 
 
+def from_tensors(folder: str | os.PathLike, tensors: dict[str, np.ndarray], task: str,
+                 dtype: Any = jnp.float32) -> tuple[nnx.Module, LoadReport]:
+    """The model that `folder`'s config.json describes (labels from it too), loaded from `tensors` in the
+    family's checkpoint names instead of the folder's weight files: the path of from_pretrained, for
+    weights that arrive another way (e.g. dequantized from jaxft.quantize). Missing keys are reported,
+    not initialised silently: check report.missing."""
+    folder = Path(folder)
+    hf_config = read_hf_config(str(folder / "config.json"))
+    config = EncoderConfig.from_hf(hf_config, source=str(folder / "config.json"))
+    labels = _resolve_labels(task, hf_config, None, None)
+    model = _build(config, task, labels, hf_config, None, jnp.dtype(dtype), 0, "none")
+    return model, _load_weights(model, config, tensors, folder, False)
+
+
 def _resolve_labels(task, hf_config, num_labels, id2label) -> tuple[str, ...]:
     if task == QUESTION_ANSWERING:
         return ("start", "end")
