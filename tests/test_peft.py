@@ -370,6 +370,25 @@ def test_layer_wise_lr_decay_scales_updates():
         np.testing.assert_allclose(np.asarray(updates[0.5][p]), factors[p] * np.asarray(updates[1.0][p]), rtol=1e-6)
 
 
+def test_loraplus_speeds_up_only_lora_b():
+    from jaxft.train.optim import make_optimizer
+
+    paths = ["bert.encoder.layer.0.attention.self.query.lora_a", "bert.encoder.layer.0.attention.self.query.lora_b",
+             "classifier.kernel"]
+    config = base_config().optim
+    config.warmup_ratio, config.weight_decay, config.clip_norm, config.schedule = 0.0, 0.0, 0.0, "constant"
+    params = {p: jnp.ones((3,)) for p in paths}
+    grads = {p: jnp.full((3,), 0.7) for p in paths}
+    updates = {}
+    for ratio in (1.0, 16.0):
+        config.loraplus_lr_ratio = ratio
+        tx = make_optimizer(config, 10, params)
+        updates[ratio], _ = tx.update(grads, tx.init(params), params)
+    for p, factor in zip(paths, (1.0, 16.0, 1.0)):
+        np.testing.assert_allclose(np.asarray(updates[16.0][p]), factor * np.asarray(updates[1.0][p]), rtol=1e-6)
+    assert float(np.abs(np.asarray(updates[1.0][paths[1]])).min()) > 0
+
+
 @pytest.mark.parametrize("method", ["fgm", "pgd"])
 def test_adversarial_loss_adds_a_worse_perturbed_loss(tiny_bert_no_dropout, method):
     from jaxft.peft.adversarial import adversarial_loss

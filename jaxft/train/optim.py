@@ -39,8 +39,9 @@ def make_optimizer(optim, total_steps: int, params: dict) -> optax.GradientTrans
     mask = {path: decays(path) for path in params}
     adamw = optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                         weight_decay=optim.weight_decay, mask=mask, mu_dtype=optim.moments_dtype)
-    if getattr(optim, "layer_decay", 1.0) < 1.0:
-        adamw = optax.chain(adamw, scale_by_layer_decay(params, optim.layer_decay))
+    factors = update_factors(params, getattr(optim, "layer_decay", 1.0), getattr(optim, "loraplus_lr_ratio", 1.0))
+    if any(f != 1.0 for f in factors.values()):
+        adamw = optax.chain(adamw, scale_updates(factors))
     if optim.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
     return adamw
@@ -66,10 +67,16 @@ def layer_decay_factors(params: dict, decay: float) -> dict[str, float]:
     return {path: decay ** (num_layers + 1 - layer_depth(path, num_layers)) for path in params}
 
 
-def scale_by_layer_decay(params: dict, decay: float) -> optax.GradientTransformation:
+def update_factors(params: dict, layer_decay: float, loraplus_lr_ratio: float) -> dict[str, float]:
+    """Per-parameter learning-rate multipliers: layer-wise decay times LoRA+'s ratio on every LoRA B
+    matrix (Hayou et al. 2024; peft's loraplus_lr_ratio: B learns ratio x faster than A)."""
+    factors = layer_decay_factors(params, layer_decay) if layer_decay < 1.0 else dict.fromkeys(params, 1.0)
+    return {path: f * (loraplus_lr_ratio if path.endswith(".lora_b") else 1.0) for path, f in factors.items()}
+
+
+def scale_updates(factors: dict[str, float]) -> optax.GradientTransformation:
     """Multiply each parameter's update (AdamW's lr-scaled step, decoupled weight decay included) by its
-    layer's factor: the same as a per-layer learning rate."""
-    factors = layer_decay_factors(params, decay)
+    factor: the same as a per-parameter learning rate."""
 
     def init(_):
         return optax.EmptyState()
