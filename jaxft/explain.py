@@ -8,6 +8,11 @@ What is attributed
     one; regression: the value). NER: one scalar per predicted entity, the sum over the entity's words of
     the logit of each word's predicted tag (B-x, I-x, ...) at the word's first sub-token, the position
     whose logits decide the word's tag (as `predict` reads them). `target` restricts NER to one entity type.
+    Extractive QA (`text` the question, `text_pair` the context): the score of the predicted answer span,
+    start logit at its first sub-token + end logit at its last, the span chosen as `predict` chooses it
+    (n-best within max_answer_length; with SQuAD v2 models the null answer, start + end logit at [CLS],
+    when its score beats the best span by more than the tuned threshold). One window only: a context
+    longer than max_length sub-tokens is truncated (counted in "words_without_tokens"; raise --max-length).
 
 Where the path runs
     The model is driven from its word embeddings (`inputs_embeds`, the hook in jaxft/models/encoder.py);
@@ -86,6 +91,8 @@ class EncodedInput:
     token_words: np.ndarray        # int [T]: index into `words`, -1 for special tokens
     special: np.ndarray            # bool [T]: kept in the baseline
     words: list[dict]              # {"text", "start", "end"} (+ "segment" 1 for the pair text)
+    offsets: np.ndarray | None = None  # int [T, 2]: characters in the segment's text (QA), (0, 0) for specials
+    segments: np.ndarray | None = None  # int [T]: 0 text, 1 pair text, -1 special token
 
 
 def _whitespace_words(text: str, segment: int | None = None) -> list[dict]:
@@ -98,10 +105,11 @@ def _whitespace_words(text: str, segment: int | None = None) -> list[dict]:
     return words
 
 
-def encode_text_input(tokenizer, text: str, text_pair: str | None, max_length: int) -> EncodedInput:
+def encode_text_input(tokenizer, text: str, text_pair: str | None, max_length: int,
+                      truncation: bool | str = True) -> EncodedInput:
     """Classification input as training encoded it (special tokens, truncation to max_length), with each
-    sub-token mapped to a whitespace word by its character offsets."""
-    encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length, padding=False,
+    sub-token mapped to a whitespace word by its character offsets. QA passes truncation="only_second"."""
+    encoding = tokenizer(text, text_pair, truncation=truncation, max_length=max_length, padding=False,
                          return_offsets_mapping=True, return_token_type_ids=True, return_attention_mask=False,
                          verbose=False)
     ids = np.asarray(encoding["input_ids"], np.int32)
@@ -123,7 +131,9 @@ def encode_text_input(tokenizer, text: str, text_pair: str | None, max_length: i
                 token_words[position] = first_index[sequence] + j
                 break
     special = np.array([s is None for s in sequence_ids], bool)
-    return EncodedInput(ids, types, tokenizer.convert_ids_to_tokens(ids.tolist()), token_words, special, words)
+    return EncodedInput(ids, types, tokenizer.convert_ids_to_tokens(ids.tolist()), token_words, special, words,
+                        np.asarray(offsets, np.int64).reshape(-1, 2),
+                        np.array([-1 if s is None else s for s in sequence_ids], np.int64))
 
 
 def encode_word_input(tokenizer, text: str, max_length: int) -> EncodedInput:
@@ -161,7 +171,8 @@ def _make_functions(parts):
         rows = embeds.shape[0]
         ids_b = jnp.broadcast_to(ids, (rows, ids.shape[0]))
         types_b = jnp.broadcast_to(types, (rows, ids.shape[0]))
-        return model(ids_b, jnp.ones_like(ids_b), types_b, inputs_embeds=embeds)
+        out = model(ids_b, jnp.ones_like(ids_b), types_b, inputs_embeds=embeds)
+        return jnp.stack(out, axis=-1) if isinstance(out, tuple) else out  # QA: (start, end) -> [rows, T, 2]
 
     def forward(params, frozen, rng, ids, types, keep, pad_id, fill_scale):
         """Logits at the baseline and at the input: [2, ...]."""
@@ -189,17 +200,19 @@ def _make_functions(parts):
 # ---------------------------------------------------------------------------------------------- explainer
 
 class Explainer:
-    """IG / gradient x input for a token- or sequence-classification model (from an exported folder, or a
-    model object and its tokenizer)."""
+    """IG / gradient x input for a token-classification, sequence-classification or extractive-QA model
+    (from an exported folder, or a model object and its tokenizer). `qa` holds QA decoding settings
+    (max_answer_length, version_2, null_threshold; an export's jaxft_task.json supplies them)."""
 
     def __init__(self, model, tokenizer, *, max_length: int = 128, problem_type: str | None = None,
-                 step_batch: int = 64):
-        from jaxft.models import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+                 step_batch: int = 64, qa: dict | None = None):
+        from jaxft.models import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
         from jaxft.train.state import split_model
 
-        if model.task not in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION):
-            raise ValueError(f"explain supports token and sequence classification models, not {model.task!r}")
+        if model.task not in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING):
+            raise ValueError(f"explain supports classification, NER and QA models, not {model.task!r}")
         self.task = model.task
+        self.qa = {"max_answer_length": 30, "version_2": False, "null_threshold": 0.0, **(qa or {})}
         self.labels = list(model.labels)
         self.problem_type = problem_type or getattr(model, "problem_type", None)
         self.tokenizer = tokenizer
@@ -216,10 +229,12 @@ class Explainer:
         from jaxft.tasks.classification import read_task_file
 
         task = exported_task(str(model_dir))
-        info = read_task_file(model_dir) if task == "sequence-classification" else {}
+        info = read_task_file(model_dir) if task != "token-classification" else {}
         model = from_pretrained(model_dir, task=task)
-        return cls(model, load_tokenizer(model_dir), max_length=int(max_length or info.get("max_length", 128)),
-                   problem_type=info.get("problem_type"), step_batch=step_batch)
+        qa = {k: info[k] for k in ("max_answer_length", "version_2", "null_threshold") if k in info}
+        default_length = 384 if task == "question-answering" else 128
+        return cls(model, load_tokenizer(model_dir), max_length=int(max_length or info.get("max_length", default_length)),
+                   problem_type=info.get("problem_type"), step_batch=step_batch, qa=qa)
 
     @property
     def entity_types(self) -> list[str]:
@@ -236,7 +251,15 @@ class Explainer:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
         alphas, coefficients = path_points(steps, rule) if method == "ig" else (np.ones(1), np.ones(1))
         token_task = self.task == "token-classification"
-        if token_task:
+        qa_task = self.task == "question-answering"
+        if qa_task:
+            if not text_pair:
+                raise ValueError("a QA model explains a question (text) about a context (text_pair); the context "
+                                 "is missing")
+            if target is not None:
+                raise ValueError("QA explains the predicted answer; there is no target to choose")
+            encoded = encode_text_input(self.tokenizer, text, text_pair, self.max_length, truncation="only_second")
+        elif token_task:
             if text_pair is not None:
                 raise ValueError("NER models take one text, not a pair")
             if target is not None and target not in self.entity_types:
@@ -251,7 +274,9 @@ class Explainer:
                   jnp.asarray(encoded.special), jnp.int32(self.pad_id),
                   jnp.float32(1.0 if baseline == "pad" else 0.0))
         logits = np.asarray(self._forward(*self._arrays, *inputs), np.float64)  # [2, K] or [2, T, K]
-        if token_task:
+        if qa_task:
+            prediction, targets = self._span_targets(text_pair, encoded, logits[1])
+        elif token_task:
             prediction, targets = self._entity_targets(text, encoded, logits[1], target)
         else:
             prediction, targets = self._label_targets(logits[1], target)
@@ -318,6 +343,31 @@ class Explainer:
             targets.append((description, weights))
         return {"tags": tags, "entities": public}, targets
 
+    def _span_targets(self, context: str, encoded: EncodedInput, logits: np.ndarray):
+        """The answer `predict` gives for this window, and its score as the target (logits: [T, 2])."""
+        from types import SimpleNamespace
+
+        from jaxft.tasks.qa import NO_OFFSET, QAExample, decode_example
+
+        offsets = np.where((encoded.segments == 1)[:, None], encoded.offsets, NO_OFFSET)
+        example = QAExample("explain", "", context, [], False, "explain")
+        span = decode_example(example, [SimpleNamespace(offsets=offsets)], [(logits[:, 0], logits[:, 1])], n_best_size=20,
+                              max_answer_length=int(self.qa["max_answer_length"]),
+                              version_2=bool(self.qa["version_2"]), null_threshold=float(self.qa["null_threshold"]))
+        weights = np.zeros(logits.shape, np.float32)
+        if span.text:
+            in_context = offsets[:, 0] != NO_OFFSET
+            first = int(np.flatnonzero(in_context & (offsets[:, 0] == span.start))[0])
+            last = int(np.flatnonzero(in_context & (offsets[:, 1] == span.end))[-1])
+            weights[first, 0] = weights[last, 1] = 1.0
+            description = {"answer": span.text, "start": span.start, "end": span.end,
+                           "start_token": first, "end_token": last}
+        else:
+            weights[0, 0] = weights[0, 1] = 1.0                           # the null answer's [CLS] score
+            description = {"answer": "", "start": -1, "end": -1, "start_token": 0, "end_token": 0}
+        prediction = {"answer": span.text, "start": span.start, "end": span.end, "score": span.score}
+        return prediction, [(description, weights)]
+
     # ------------------------------------------------------------------ attributions
 
     def _token_attributions(self, inputs, weights, alphas, coefficients, method) -> np.ndarray:
@@ -383,6 +433,10 @@ def _spans(items: Sequence[str], values: Sequence[float], css: str) -> str:
 
 
 def _describe(target: dict) -> str:
+    if "answer" in target:
+        if not target["answer"]:
+            return "no answer (the null score at [CLS])"
+        return f'answer "{target["answer"]}" (characters {target["start"]}-{target["end"]} of the context)'
     if "entity" in target:
         entity = target["entity"]
         return (f'entity "{entity["text"]}" ({entity["type"]}, characters {entity["start"]}-{entity["end"]}, '
@@ -405,6 +459,9 @@ def render_html(result: dict) -> str:
     prediction = result["prediction"]
     if "label" in prediction:
         parts.append(f'<p>prediction: <b>{esc(prediction["label"])}</b> ({prediction["score"]:.3f})</p>')
+    if "answer" in prediction:
+        answer = prediction["answer"] or "(no answer)"
+        parts.append(f'<p>answer: <b>{esc(answer)}</b> ({prediction["score"]:.3f})</p>')
     if not result["explanations"]:
         parts.append("<p>nothing to explain (no entity predicted"
                      f"{' of that type' if result['task'] == 'token-classification' else ''}).</p>")
@@ -434,11 +491,13 @@ def render_html(result: dict) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxft.main explain",
-        description="Attribute a classification or NER prediction to the input words (integrated gradients or "
-                    "gradient x input); prints JSON, optionally writes an HTML heat map.")
+        description="Attribute a classification, NER or QA prediction to the input words (integrated gradients "
+                    "or gradient x input); prints JSON, optionally writes an HTML heat map.")
     parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/sentiment/export)")
-    parser.add_argument("--text", required=True, help="the input text (NER: words split on whitespace)")
-    parser.add_argument("--text-pair", default=None, help="second text, for sentence-pair classifiers")
+    parser.add_argument("--text", required=True, help="the input text (NER: words split on whitespace; QA: the "
+                                                      "question)")
+    parser.add_argument("--text-pair", "--context", dest="text_pair", default=None,
+                        help="second text of a sentence-pair classifier; QA: the context")
     parser.add_argument("--method", choices=METHODS, default="ig")
     parser.add_argument("--steps", type=int, default=50, help="IG quadrature points (default 50)")
     parser.add_argument("--rule", choices=RULES, default="riemann",

@@ -256,3 +256,65 @@ def test_cli_classification_and_ner(tmp_path, classifier, tagger, tokenizer, cap
     capsys.readouterr()
     assert main(["jaxft", "explain", "--model", str(tmp_path / "cls"), "--text", TEXT, "--target", "joyful"]) == 2
     assert "unknown target label 'joyful'" in capsys.readouterr().err
+
+
+QUESTION = "Where did Barack Obama go yesterday ?"
+CONTEXT = "Barack Obama visited Paris with Michelle yesterday and flew home to Chicago on Monday ."
+
+
+@pytest.fixture(scope="module")
+def qa_model(tiny_bert_no_dropout):
+    return perturb(jm.from_pretrained(tiny_bert_no_dropout, task=jm.QUESTION_ANSWERING), 3)
+
+
+def test_ig_completeness_qa_answer_span_and_agreement_with_predict(qa_model, tokenizer, tmp_path, capsys):
+    from jaxft.tasks.qa import QuestionAnswerer
+
+    result = Explainer(qa_model, tokenizer, max_length=128).explain(QUESTION, text_pair=CONTEXT, steps=50)
+    (explanation,) = result["explanations"]
+    target = explanation["target"]
+    assert target["answer"] and CONTEXT[target["start"]:target["end"]] == target["answer"]
+    assert result["prediction"]["answer"] == target["answer"]
+    # the same answer as `predict` on the exported model
+    jm.save_pretrained(qa_model, tmp_path / "qa", tokenizer=tokenizer)
+    predicted = QuestionAnswerer(tmp_path / "qa", max_length=128).predict_items([{"question": QUESTION,
+                                                                                "context": CONTEXT}])[0]
+    assert (predicted["answer"], predicted["start"], predicted["end"]) == (target["answer"], target["start"],
+                                                                          target["end"])
+    capsys.readouterr()
+    assert main(["jaxft", "explain", "--model", str(tmp_path / "qa"), "--text", QUESTION, "--context", CONTEXT,
+                 "--steps", "8", "--max-length", "128", "--html", str(tmp_path / "qa.html")]) == 0
+    assert json.loads(capsys.readouterr().out)["prediction"]["answer"] == target["answer"]
+    assert f"answer: <b>{target['answer']}</b>" in (tmp_path / "qa.html").read_text()
+    # F = start logit at the span's first sub-token + end logit at its last, straight from the model
+    encoding = tokenizer(QUESTION, CONTEXT, truncation="only_second", max_length=128)
+    ids = jnp.asarray(encoding["input_ids"])[None]
+    types = jnp.asarray(encoding["token_type_ids"])[None]
+    table = qa_model.backbone.embeddings.word_embeddings.embedding[...]
+    special = jnp.asarray([s is None for s in encoding.sequence_ids()])
+    base = jnp.where(special[:, None], table[ids[0]], table[tokenizer.pad_token_id])[None]
+
+    def score(embeds):
+        start, end = qa_model(ids, jnp.ones_like(ids), types, inputs_embeds=embeds)
+        return float(start[0, target["start_token"]]) + float(end[0, target["end_token"]])
+
+    value, baseline_value = score(table[ids]), score(base)
+    assert explanation["value"] == pytest.approx(value, abs=1e-5)
+    delta = value - baseline_value
+    assert abs(delta) > 0.01
+    assert abs(sum(explanation["token_attributions"]) - delta) <= 1e-3 * abs(delta)
+    question_words = [w for w in result["words"] if w["segment"] == 0]
+    assert [w["text"] for w in question_words] == QUESTION.split()
+
+
+def test_qa_null_answer_and_errors(qa_model, tokenizer):
+    # a v2 model whose threshold always prefers "no answer": the target is the [CLS] start + end score
+    explainer = Explainer(qa_model, tokenizer, max_length=64, qa={"version_2": True, "null_threshold": -1e9})
+    result = explainer.explain(QUESTION, text_pair=CONTEXT, steps=8)
+    (explanation,) = result["explanations"]
+    assert result["prediction"]["answer"] == "" and explanation["target"]["start_token"] == 0
+    assert explanation["target"]["end_token"] == 0
+    with pytest.raises(ValueError, match="context"):
+        explainer.explain(QUESTION)
+    with pytest.raises(ValueError, match="no target"):
+        explainer.explain(QUESTION, text_pair=CONTEXT, target="Paris")
