@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_length = 128
     c.data.label_all_subtokens = False
     c.data.bucket_multiple = 16          # batches are padded to a multiple of this (bounded compiles)
+    c.data.sort_window_batches = 50      # train batches: sort by length within windows of this many batches
+                                         # (less padding); 1: plain random batches, as a shuffled DataLoader
     c.data.packing = False               # pack several short examples into each row (train and eval)
     c.data.pack_length = 0               # packed row length; 0: data.max_length
     c.data.label_separator = ","         # multi-label labels written as one string: "a,b" (CSV/TSV)
@@ -214,8 +216,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"classification.threshold must be in (0, 1), got {config.classification.threshold}")
     if config.task == "question-answering" and not 0 <= config.qa.doc_stride < config.data.max_length:
         raise ConfigError(f"qa.doc_stride must be in [0, data.max_length), got {config.qa.doc_stride}")
-    _positive(config, "train.batch_size", "train.grad_accum_steps", "data.bucket_multiple", "train.log_every",
-              "train.keep_checkpoints")
+    _positive(config, "train.batch_size", "train.grad_accum_steps", "data.bucket_multiple",
+              "data.sort_window_batches", "train.log_every", "train.keep_checkpoints")
     _non_negative(config, "data.pack_length", "train.num_epochs", "train.max_steps", "train.eval_every",
                   "train.early_stopping_patience", "train.checkpoint_every", "train.stop_after_step",
                   "optim.weight_decay",

@@ -143,6 +143,19 @@ def test_batches_use_few_shapes_and_cover_every_row_once():
     assert padding > 0
 
 
+def test_sort_window_one_gives_plain_random_batches():
+    lengths = np.random.default_rng(1).integers(3, 128, 1600)
+    spread = {}
+    for window in (50, 1):
+        groups = epoch_batches(lengths, 32, seed=7, epoch=0, sort_window=window)
+        assert sorted(np.concatenate(groups).tolist()) == list(range(1600))
+        spread[window] = float(np.mean([lengths[g].max() - lengths[g].min() for g in groups]))
+    assert spread[50] < 10 < 100 < spread[1]  # grouped by length vs. the whole range in every batch
+    order = np.random.default_rng([7, 0]).permutation(1600)  # window 1: consecutive slices of one permutation
+    expected = {tuple(sorted(order[i:i + 32].tolist())) for i in range(0, 1600, 32)}
+    assert {tuple(sorted(g.tolist())) for g in epoch_batches(lengths, 32, 7, 0, sort_window=1)} == expected
+
+
 def test_loop_compiles_at_most_once_per_bucket(tiny_bert, small_ner_file, tmp_path):
     from jaxft.main import run
 

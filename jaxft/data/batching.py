@@ -37,8 +37,10 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                  shuffle: bool = True) -> list[np.ndarray]:
-    """Index groups for one epoch. Shuffled: permute, sort by length inside windows, shuffle the batches.
+                  shuffle: bool = True, sort_window: int = SORT_WINDOW_BATCHES) -> list[np.ndarray]:
+    """Index groups for one epoch. Shuffled: permute, sort by length inside windows of `sort_window`
+    batches, shuffle the batches (sort_window=1: plain random batches, as a PyTorch DataLoader with
+    shuffle=True gives; each is still padded only to its own length bucket).
 
     Unshuffled (evaluation): sorted by length over the whole split, which minimises padding.
     """
@@ -48,7 +50,7 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
-    window = batch_size * SORT_WINDOW_BATCHES
+    window = batch_size * max(1, sort_window)
     batches = []
     for start in range(0, len(order), window):
         chunk = order[start:start + window]

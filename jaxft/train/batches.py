@@ -20,14 +20,17 @@ class PaddedBatches:
     packed = False
 
     def __init__(self, rows: Sequence[Mapping[str, np.ndarray]], *, batch_size: int, accum: int, max_length: int,
-                 bucket_multiple: int, pad_values: Mapping[str, int], seed: int):
+                 bucket_multiple: int, pad_values: Mapping[str, int], seed: int,
+                 sort_window: int = batching.SORT_WINDOW_BATCHES):
         self.rows, self.batch_size, self.accum, self.seed = rows, batch_size, accum, seed
+        self.sort_window = sort_window
         self.pad_values = pad_values
         self.buckets = batching.bucket_lengths(max_length, bucket_multiple)
         self.lengths = [len(row["input_ids"]) for row in rows]
 
     def epoch(self, epoch: int) -> list:
-        return batching.epoch_batches(self.lengths, self.batch_size * self.accum, self.seed, epoch)
+        return batching.epoch_batches(self.lengths, self.batch_size * self.accum, self.seed, epoch,
+                                      sort_window=self.sort_window)
 
     def collate(self, group) -> dict[str, np.ndarray]:
         batch = batching.collate([self.rows[i] for i in group], self.accum * self.batch_size, self.buckets,
@@ -81,4 +84,5 @@ def plan_batches(rows, data_config, train_config, pad_values, position_offset: i
                              seed=train_config.seed, position_offset=position_offset, row_multiple=row_multiple)
     return PaddedBatches(rows, batch_size=train_config.batch_size, accum=train_config.grad_accum_steps,
                          max_length=data_config.max_length, bucket_multiple=data_config.bucket_multiple,
-                         pad_values=pad_values, seed=train_config.seed)
+                         pad_values=pad_values, seed=train_config.seed,
+                         sort_window=data_config.get("sort_window_batches", batching.SORT_WINDOW_BATCHES))
