@@ -1,22 +1,29 @@
 r"""NER with LoRA: the NER default (all-MiniLM-L6-v2 on the packaged English tweets NER data), but only
-rank-8 LoRA adapters on every dense layer of the encoder plus the token classifier are trained.
+rank-8 LoRA adapters on every dense layer of the encoder, every LayerNorm and the token classifier are
+trained, for 15 epochs.
 
 Command:
     python -m jaxft.main --config configs/ner_lora.py --workdir runs/ner_lora
 
-Runtime: about 5 minutes of training on a quiet 2-core CPU (530 steps at length-bucketed shapes; 297 s
-measured for one seed with the LayerNorms frozen); the LayerNorm runs below shared the machine and took
-about 3,000 s each.
+Runtime: 795 steps; 355 s of training for seed 4, which had the 2-core CPU nearly to itself (658 s when two
+seeds shared it). The train step at 32 x 128 takes 1.69 s against full fine-tuning's 1.85 s.
 
-Expected (3 seeds, benchmarks/peft_methods.py --methods full,lora --seeds 0,1,2; settings chosen on dev):
-    LoRA (this recipe)          test F1 0.410 / 0.412 / 0.421  mean 0.414   dev mean 0.464
-    full fine-tuning (ner.py)   test F1 0.440 / 0.419 / 0.429  mean 0.429   dev mean 0.470
+Expected (benchmarks/peft_methods.py --methods full,lora --seeds 0,1,2,3,4; the epoch count chosen on dev):
+    LoRA (this recipe)          test F1 0.443 / 0.452 / 0.467 / 0.435 / 0.440   mean of seeds 0-2 0.454, of 5 0.447
+                                dev  F1 0.500 / 0.489 / 0.514 / 0.502 / 0.517   mean of 5 0.505
+    full fine-tuning (ner.py)   test F1 0.440 / 0.419 / 0.429 / 0.424 / 0.426   mean of seeds 0-2 0.429, of 5 0.428
+                                dev  F1 0.463 / 0.461 / 0.485 / 0.489 / 0.476   mean of 5 0.475
     350k of 22.9M parameters trainable (1.53%: LoRA A/B, every LayerNorm, the classifier); a checkpoint is
-    4.2 MiB against 172 MiB (2.4%); peak RSS 2.7-2.8 GiB against 3.3-3.5 GiB.
-The test gap is 1.52 points (the issue asks for 1.5), the dev gap 0.5; on 360 test sentences one seed's F1
-moves by about 2 points, so the two are within noise of each other, but the bar is not met yet.
-Tried on dev (seed 0): the same without LayerNorms trained (test mean 0.407 over 3 seeds, dev 0.455);
-query/value only (test 0.380); lr 2e-3, or rank 16 with alpha 32 (both diverged to F1 0).
+    4.1 MiB against 172 MiB (2.4%); peak RSS 2.9 GiB against 3.5 GiB.
+    LoRA trains 5 more epochs than the full recipe; full fine-tuning was not tuned here (the sweep in
+    sweeps/ner_lr_epochs.py found lr 2e-4 better for it: seed 0 dev 0.499, test 0.484).
+Why 15 epochs: LoRA first sits on the all-"O" plateau (train loss about 0.32, dev F1 0) and leaves it at a
+seed-dependent epoch; with 10 epochs a late escape left too little training (10 epochs, seeds 0-4: test
+0.410 / 0.412 / 0.421 / 0.394 / 0.351, dev mean 0.454; seed 4 left the plateau only in epoch 5).
+Tried on dev and dropped: the LayerNorms frozen (dev 0.455 over 3 seeds at 10 epochs); query/value only
+(test 0.380); lr 2e-3, or rank 16 with alpha 32 (both diverged to F1 0); LoRA+ (optim.loraplus_lr_ratio) 8
+at lr 2e-4 and 4 at lr 5e-4 (seed 0: dev 0.195 and 0.000; the lower head and LayerNorm learning rate kept the
+run on the plateau).
 
 Exports: `export/` is the merged model (an ordinary HF folder; PyTorch transformers loads it),
 `export_adapter/` the adapter in peft's format (`PeftModel.from_pretrained(base, "export_adapter")`).
@@ -41,6 +48,6 @@ def get_config():
     config.optim.warmup_ratio = 0.1
     config.optim.schedule = "linear"
     config.train.batch_size = 32
-    config.train.num_epochs = 10
+    config.train.num_epochs = 15                           # see the header: the plateau
     config.data.max_length = 128
     return config
