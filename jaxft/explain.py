@@ -233,8 +233,9 @@ class Explainer:
         model = from_pretrained(model_dir, task=task)
         qa = {k: info[k] for k in ("max_answer_length", "version_2", "null_threshold") if k in info}
         default_length = 384 if task == "question-answering" else 128
-        return cls(model, load_tokenizer(model_dir), max_length=int(max_length or info.get("max_length", default_length)),
-                   problem_type=info.get("problem_type"), step_batch=step_batch, qa=qa)
+        max_length = int(max_length or info.get("max_length", default_length))
+        return cls(model, load_tokenizer(model_dir), max_length=max_length, problem_type=info.get("problem_type"),
+                   step_batch=step_batch, qa=qa)
 
     @property
     def entity_types(self) -> list[str]:
@@ -351,8 +352,8 @@ class Explainer:
 
         offsets = np.where((encoded.segments == 1)[:, None], encoded.offsets, NO_OFFSET)
         example = QAExample("explain", "", context, [], False, "explain")
-        span = decode_example(example, [SimpleNamespace(offsets=offsets)], [(logits[:, 0], logits[:, 1])], n_best_size=20,
-                              max_answer_length=int(self.qa["max_answer_length"]),
+        span = decode_example(example, [SimpleNamespace(offsets=offsets)], [(logits[:, 0], logits[:, 1])],
+                              n_best_size=20, max_answer_length=int(self.qa["max_answer_length"]),
                               version_2=bool(self.qa["version_2"]), null_threshold=float(self.qa["null_threshold"]))
         weights = np.zeros(logits.shape, np.float32)
         if span.text:

@@ -350,43 +350,40 @@ def test_lora_in_bfloat16(tiny_bert):
     assert all(not np.array_equal(lora_before[k], lora_after[k]) for k in lora_before)
 
 
+def first_updates(paths: list[str], **optim) -> dict:
+    """The first AdamW update of params of ones under gradients of 0.7 (no warmup, decay or clipping),
+    with the given optim.* settings."""
+    from jaxft.train.optim import make_optimizer
+
+    config = base_config().optim
+    config.warmup_ratio, config.weight_decay, config.clip_norm, config.schedule = 0.0, 0.0, 0.0, "constant"
+    for key, value in optim.items():
+        config[key] = value
+    params = {p: jnp.ones((3,)) for p in paths}
+    tx = make_optimizer(config, 10, params)
+    updates, _ = tx.update({p: jnp.full((3,), 0.7) for p in paths}, tx.init(params), params)
+    return {p: np.asarray(u) for p, u in updates.items()}
+
+
 def test_layer_wise_lr_decay_scales_updates():
-    from jaxft.train.optim import layer_decay_factors, make_optimizer
+    from jaxft.train.optim import layer_decay_factors
 
     paths = ["bert.embeddings.word_embeddings.embedding", "bert.encoder.layer.0.attention.self.query.kernel",
              "bert.encoder.layer.1.output.dense.kernel", "classifier.kernel"]
     factors = layer_decay_factors(dict.fromkeys(paths), 0.5)
     assert [factors[p] for p in paths] == [0.125, 0.25, 0.5, 1.0]
-    config = base_config().optim
-    config.warmup_ratio, config.weight_decay, config.clip_norm, config.schedule = 0.0, 0.0, 0.0, "constant"
-    params = {p: jnp.ones((3,)) for p in paths}
-    grads = {p: jnp.full((3,), 0.7) for p in paths}
-    updates = {}
-    for decay in (1.0, 0.5):
-        config.layer_decay = decay
-        tx = make_optimizer(config, 10, params)
-        updates[decay], _ = tx.update(grads, tx.init(params), params)
+    plain, decayed = first_updates(paths, layer_decay=1.0), first_updates(paths, layer_decay=0.5)
     for p in paths:
-        np.testing.assert_allclose(np.asarray(updates[0.5][p]), factors[p] * np.asarray(updates[1.0][p]), rtol=1e-6)
+        np.testing.assert_allclose(decayed[p], factors[p] * plain[p], rtol=1e-6)
 
 
 def test_loraplus_speeds_up_only_lora_b():
-    from jaxft.train.optim import make_optimizer
-
     paths = ["bert.encoder.layer.0.attention.self.query.lora_a", "bert.encoder.layer.0.attention.self.query.lora_b",
              "classifier.kernel"]
-    config = base_config().optim
-    config.warmup_ratio, config.weight_decay, config.clip_norm, config.schedule = 0.0, 0.0, 0.0, "constant"
-    params = {p: jnp.ones((3,)) for p in paths}
-    grads = {p: jnp.full((3,), 0.7) for p in paths}
-    updates = {}
-    for ratio in (1.0, 16.0):
-        config.loraplus_lr_ratio = ratio
-        tx = make_optimizer(config, 10, params)
-        updates[ratio], _ = tx.update(grads, tx.init(params), params)
+    plain, plus = first_updates(paths, loraplus_lr_ratio=1.0), first_updates(paths, loraplus_lr_ratio=16.0)
     for p, factor in zip(paths, (1.0, 16.0, 1.0)):
-        np.testing.assert_allclose(np.asarray(updates[16.0][p]), factor * np.asarray(updates[1.0][p]), rtol=1e-6)
-    assert float(np.abs(np.asarray(updates[1.0][paths[1]])).min()) > 0
+        np.testing.assert_allclose(plus[p], factor * plain[p], rtol=1e-6)
+    assert float(np.abs(plain[paths[1]]).min()) > 0
 
 
 @pytest.mark.parametrize("method", ["fgm", "pgd"])

@@ -231,7 +231,8 @@ def test_ema_follows_the_warmed_up_recurrence_and_skips_bad_steps(tiny_bert_no_d
         expected = {k: decay * expected[k] + (1 - decay) * np.asarray(state["params"][k]) for k in expected}
     for key in expected:
         np.testing.assert_allclose(np.asarray(state["ema"][key]), expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    assert max(float(np.abs(np.asarray(state["ema"][k]) - np.asarray(state["params"][k])).max()) for k in expected) > 1e-5
+    assert max(float(np.abs(np.asarray(state["ema"][k]) - np.asarray(state["params"][k])).max())
+               for k in expected) > 1e-5
     before = {k: np.asarray(v) for k, v in state["ema"].items()}
     state, metrics = step(state, frozen, {**batch, POISON_KEY: jnp.float32(jnp.nan)})
     assert int(metrics["nonfinite"]) == 1

@@ -85,4 +85,4 @@ def plan_batches(rows, data_config, train_config, pad_values, position_offset: i
     return PaddedBatches(rows, batch_size=train_config.batch_size, accum=train_config.grad_accum_steps,
                          max_length=data_config.max_length, bucket_multiple=data_config.bucket_multiple,
                          pad_values=pad_values, seed=train_config.seed,
-                         sort_window=data_config.get("sort_window_batches", batching.SORT_WINDOW_BATCHES))
+                         sort_window=data_config.sort_window_batches)

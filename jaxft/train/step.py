@@ -1,9 +1,10 @@
 """The pure, jit-compiled train and predict steps.
 
 State is a dict of arrays {"step", "params", "opt_state", "rng"} (plus "ema", an exponential moving average
-of the parameters, when train.ema_decay > 0) and is donated to the step, so XLA updates it in place. A batch holds arrays shaped [grad_accum_steps, batch, length]; micro-batch losses are
-sums over their real (non-pad, non-ignored) targets and the gradient is divided once by the total count,
-so k accumulated micro-batches give the gradient of one k-times-larger batch.
+of the parameters, when train.ema_decay > 0) and is donated to the step, so XLA updates it in place. A batch
+holds arrays shaped [grad_accum_steps, batch, length]; micro-batch losses are sums over their real (non-pad,
+non-ignored) targets and the gradient is divided once by the total count, so k accumulated micro-batches
+give the gradient of one k-times-larger batch.
 """
 
 from __future__ import annotations
