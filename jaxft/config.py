@@ -151,6 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
     # training options that go with PEFT (issue 5), kept in their groups
     c.optim.layer_decay = 1.0            # layer-wise LR decay: layer l of L gets lr * decay**(L + 1 - l)
     c.optim.loraplus_lr_ratio = 1.0      # LoRA+: LoRA B matrices get lr * ratio (peft's loraplus_lr_ratio)
+    c.optim.head_lr_ratio = 1.0          # pooler and task head get lr * ratio (they start from scratch or near it)
     c.train.adversarial = "none"         # none | fgm | pgd: perturb the word embeddings (loss = clean + adv)
     c.train.adversarial_epsilon = 1.0    # L2 norm of the perturbation of the embedding table
     c.train.adversarial_steps = 3        # pgd: ascent steps
@@ -258,6 +259,8 @@ def _validate_peft(config) -> None:
         raise ConfigError(f"peft.dropout must be in [0, 1), got {config.peft.dropout}")
     if config.optim.loraplus_lr_ratio <= 0:
         raise ConfigError(f"optim.loraplus_lr_ratio must be > 0 (1: plain LoRA), got {config.optim.loraplus_lr_ratio}")
+    if config.optim.head_lr_ratio <= 0:
+        raise ConfigError(f"optim.head_lr_ratio must be > 0 (1: one learning rate), got {config.optim.head_lr_ratio}")
     if not 0 < config.optim.layer_decay <= 1:
         raise ConfigError(f"optim.layer_decay must be in (0, 1], got {config.optim.layer_decay}")
     _one_of(config, "peft.adapter_activation", ("", "relu", "swish", "silu", "gelu", "tanh"))

@@ -560,3 +560,17 @@ def test_ner_lora_recipe_trains_under_two_percent_of_minilm(minilm_path):
     trainable = peft_run.setup(config, model)
     train, total = count_params(model, trainable)
     assert train / total < 0.02  # head included
+
+
+def test_head_lr_ratio_speeds_up_only_pooler_and_head():
+    paths = ["bert.embeddings.word_embeddings.embedding", "bert.encoder.layer.0.output.dense.kernel",
+             "bert.encoder.layer.1.output.LayerNorm.scale", "bert.pooler.dense.kernel", "classifier.kernel",
+             "classifier.bias"]
+    plain, fast = first_updates(paths, head_lr_ratio=1.0), first_updates(paths, head_lr_ratio=20.0)
+    for p, factor in zip(paths, (1.0, 1.0, 1.0, 20.0, 20.0, 20.0)):
+        np.testing.assert_allclose(fast[p], factor * plain[p], rtol=1e-6)
+    assert float(np.abs(plain[paths[0]]).min()) > 0
+    config = base_config()
+    config.optim.head_lr_ratio = 0.0
+    with pytest.raises(ConfigError, match=r"optim.head_lr_ratio must be > 0 .*got 0.0"):
+        validate(config)

@@ -39,7 +39,8 @@ def make_optimizer(optim, total_steps: int, params: dict) -> optax.GradientTrans
     mask = {path: decays(path) for path in params}
     adamw = optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                         weight_decay=optim.weight_decay, mask=mask, mu_dtype=optim.moments_dtype)
-    factors = update_factors(params, getattr(optim, "layer_decay", 1.0), getattr(optim, "loraplus_lr_ratio", 1.0))
+    factors = update_factors(params, getattr(optim, "layer_decay", 1.0), getattr(optim, "loraplus_lr_ratio", 1.0),
+                             getattr(optim, "head_lr_ratio", 1.0))
     if any(f != 1.0 for f in factors.values()):
         adamw = optax.chain(adamw, scale_updates(factors))
     if optim.clip_norm > 0:
@@ -60,18 +61,28 @@ def layer_depth(path: str, num_layers: int) -> int:
     return 0 if ".embeddings" in f".{path}" else num_layers + 1
 
 
+def encoder_depth(params: dict) -> int:
+    """Number of encoder layers, read from the parameter paths."""
+    depths = [int(m.group(1)) for m in (_LAYER.search(p) for p in params) if m]
+    return max(depths) + 1 if depths else 0
+
+
 def layer_decay_factors(params: dict, decay: float) -> dict[str, float]:
     """lr multiplier per parameter: decay ** (num_layers + 1 - depth) (ELECTRA/BEiT layer-wise decay)."""
-    depths = [int(m.group(1)) for m in (_LAYER.search(p) for p in params) if m]
-    num_layers = max(depths) + 1 if depths else 0
+    num_layers = encoder_depth(params)
     return {path: decay ** (num_layers + 1 - layer_depth(path, num_layers)) for path in params}
 
 
-def update_factors(params: dict, layer_decay: float, loraplus_lr_ratio: float) -> dict[str, float]:
-    """Per-parameter learning-rate multipliers: layer-wise decay times LoRA+'s ratio on every LoRA B
-    matrix (Hayou et al. 2024; peft's loraplus_lr_ratio: B learns ratio x faster than A)."""
+def update_factors(params: dict, layer_decay: float, loraplus_lr_ratio: float,
+                   head_lr_ratio: float = 1.0) -> dict[str, float]:
+    """Per-parameter learning-rate multipliers: layer-wise decay, times LoRA+'s ratio on every LoRA B
+    matrix (Hayou et al. 2024; peft's loraplus_lr_ratio: B learns ratio x faster than A), times
+    head_lr_ratio on everything above the encoder (pooler and task head)."""
     factors = layer_decay_factors(params, layer_decay) if layer_decay < 1.0 else dict.fromkeys(params, 1.0)
-    return {path: f * (loraplus_lr_ratio if path.endswith(".lora_b") else 1.0) for path, f in factors.items()}
+    num_layers = encoder_depth(params)
+    return {path: f * (loraplus_lr_ratio if path.endswith(".lora_b") else 1.0)
+            * (head_lr_ratio if layer_depth(path, num_layers) == num_layers + 1 else 1.0)
+            for path, f in factors.items()}
 
 
 def scale_updates(factors: dict[str, float]) -> optax.GradientTransformation:
