@@ -366,11 +366,11 @@ def first_updates(paths: list[str], **optim) -> dict:
 
 
 def test_layer_wise_lr_decay_scales_updates():
-    from jaxft.train.optim import layer_decay_factors
+    from jaxft.train.optim import update_factors
 
     paths = ["bert.embeddings.word_embeddings.embedding", "bert.encoder.layer.0.attention.self.query.kernel",
              "bert.encoder.layer.1.output.dense.kernel", "classifier.kernel"]
-    factors = layer_decay_factors(dict.fromkeys(paths), 0.5)
+    factors = update_factors(dict.fromkeys(paths), layer_decay=0.5, loraplus_lr_ratio=1.0)
     assert [factors[p] for p in paths] == [0.125, 0.25, 0.5, 1.0]
     plain, decayed = first_updates(paths, layer_decay=1.0), first_updates(paths, layer_decay=0.5)
     for p in paths:

@@ -67,22 +67,21 @@ def encoder_depth(params: dict) -> int:
     return max(depths) + 1 if depths else 0
 
 
-def layer_decay_factors(params: dict, decay: float) -> dict[str, float]:
-    """lr multiplier per parameter: decay ** (num_layers + 1 - depth) (ELECTRA/BEiT layer-wise decay)."""
-    num_layers = encoder_depth(params)
-    return {path: decay ** (num_layers + 1 - layer_depth(path, num_layers)) for path in params}
-
-
 def update_factors(params: dict, layer_decay: float, loraplus_lr_ratio: float,
                    head_lr_ratio: float = 1.0) -> dict[str, float]:
-    """Per-parameter learning-rate multipliers: layer-wise decay, times LoRA+'s ratio on every LoRA B
-    matrix (Hayou et al. 2024; peft's loraplus_lr_ratio: B learns ratio x faster than A), times
-    head_lr_ratio on everything above the encoder (pooler and task head)."""
-    factors = layer_decay_factors(params, layer_decay) if layer_decay < 1.0 else dict.fromkeys(params, 1.0)
+    """Per-parameter learning-rate multipliers: layer-wise decay (layer_decay ** (num_layers + 1 - depth), as
+    in ELECTRA/BEiT), times LoRA+'s ratio on every LoRA B matrix (Hayou et al. 2024; peft's
+    loraplus_lr_ratio: B learns ratio x faster than A), times head_lr_ratio on everything above the encoder
+    (pooler and task head)."""
     num_layers = encoder_depth(params)
-    return {path: f * (loraplus_lr_ratio if path.endswith(".lora_b") else 1.0)
-            * (head_lr_ratio if layer_depth(path, num_layers) == num_layers + 1 else 1.0)
-            for path, f in factors.items()}
+
+    def factor(path: str) -> float:
+        depth = layer_depth(path, num_layers)
+        return (layer_decay ** (num_layers + 1 - depth)
+                * (loraplus_lr_ratio if path.endswith(".lora_b") else 1.0)
+                * (head_lr_ratio if depth == num_layers + 1 else 1.0))
+
+    return {path: factor(path) for path in params}
 
 
 def scale_updates(factors: dict[str, float]) -> optax.GradientTransformation:
