@@ -60,18 +60,16 @@ QUICK_EPOCHS, QUICK_MAX_STEPS = 1, 30
 
 # ---------------------------------------------------------------------------------------------- driver
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs, both sides (default 10)")
+def add_shared_arguments(parser: argparse.ArgumentParser, default_output: Path, workdir_help: str) -> None:
+    """The options every ``*_vs_pytorch.py`` benchmark takes (besides --epochs)."""
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_EPOCHS} epoch, at most {QUICK_MAX_STEPS} steps each side")
+                        help=f"smoke test: {QUICK_EPOCHS} epoch, at most {QUICK_MAX_STEPS} steps each run")
     parser.add_argument("--skip-torch", action="store_true", help="run only jaxft")
     parser.add_argument("--skip-jaxft", action="store_true", help="run only PyTorch")
     parser.add_argument("--workdir", default=None,
-                        help="folder for both runs (jaxft/ and torch/ inside; must not hold an earlier run). "
-                             "Default: a temporary folder, deleted afterwards")
-    parser.add_argument("--output", default=None, help=f"JSON results (default {DEFAULT_OUTPUT.relative_to(REPO)})")
+                        help=f"{workdir_help}; must not hold an earlier run). Default: a temporary folder, "
+                             "deleted afterwards")
+    parser.add_argument("--output", default=None, help=f"JSON results (default {default_output.relative_to(REPO)})")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--warm-cache", action="store_true",
                         help="let jaxft use its persistent XLA compilation cache (default: off, so compile "
@@ -81,12 +79,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # internal: the PyTorch side, run in a child process so that its wall time is whole-process too
     parser.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max-steps", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be >= 1")
+
+
+def check_shared_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.skip_torch and args.skip_jaxft:
         parser.error("--skip-torch and --skip-jaxft together leave nothing to run")
     args.jaxft_flag = [f if f.startswith("--") else f"--{f}" for f in args.jaxft_flag]
+
+
+def torch_side_unavailable(args: argparse.Namespace) -> bool:
+    """True (after saying why) when the PyTorch side should run but transformers' Trainer cannot."""
+    if args.skip_torch or importlib.util.find_spec("accelerate") is not None:
+        return False
+    print("error: the PyTorch side needs accelerate (transformers' Trainer does): "
+          ".venv/bin/pip install 'accelerate>=1.1.0', or pass --skip-torch", file=sys.stderr)
+    return True
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs, both sides (default 10)")
+    add_shared_arguments(parser, DEFAULT_OUTPUT, "folder for both runs (jaxft/ and torch/ inside")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    check_shared_arguments(parser, args)
     return args
 
 
@@ -94,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.torch_worker:
         return torch_worker(args)
-    if not args.skip_torch and importlib.util.find_spec("accelerate") is None:
-        print("error: the PyTorch side needs accelerate (transformers' Trainer does): "
-              ".venv/bin/pip install 'accelerate>=1.1.0', or pass --skip-torch", file=sys.stderr)
+    if torch_side_unavailable(args):
         return 2
     epochs, max_steps = (QUICK_EPOCHS, QUICK_MAX_STEPS) if args.quick else (args.epochs, 0)
     output = Path(args.output) if args.output else DEFAULT_OUTPUT
@@ -158,33 +174,35 @@ def run_logged(command: list[str], log_path: Path, prefix: str, env: dict | None
     return status, time.perf_counter() - started
 
 
-def run_jaxft(workdir: Path, epochs: int, max_steps: int, args) -> dict:
-    command = [sys.executable, "-m", "jaxft.main", "--config", str(RECIPE), "--workdir", str(workdir),
-               "--config.train.progress_bar=False", f"--config.train.num_epochs={epochs}"]
+def run_jaxft_cli(recipe: Path, workdir: Path, flags: list[str], max_steps: int, args, name: str,
+                  log_path: Path) -> tuple[dict | None, dict]:
+    """One run of the real jaxft CLI on ``recipe`` (its own log in ``log_path``): (its results.json, the
+    fields every benchmark reports), or (None, an error record) when it failed."""
+    command = [sys.executable, "-m", "jaxft.main", "--config", str(recipe), "--workdir", str(workdir),
+               "--config.train.progress_bar=False", *flags]
     if max_steps:
         command.append(f"--config.train.max_steps={max_steps}")
     command += args.jaxft_flag
     env = dict(os.environ)
     if not args.warm_cache:
         env["JAXFT_COMPILATION_CACHE"] = "0"
-    print(f"jaxft: {' '.join(command[1:])}", file=sys.stderr)
-    log_path = workdir.parent / "jaxft.log"
-    status, wall = run_logged(command, log_path, "jaxft", env)
+    print(f"{name}: {' '.join(command[1:])}", file=sys.stderr)
+    status, wall = run_logged(command, log_path, name, env)
     if status != 0:
-        return {"error": f"exit status {status}", "wall_seconds": wall}
+        return None, {"error": f"exit status {status}", "wall_seconds": wall}
     results = json.loads((workdir / "results.json").read_text())
-    return {
-        "wall_seconds": wall,
-        "train_seconds": results["train_seconds"],
-        "train_tokens": results["train_tokens"],
-        "tokens_per_sec": results["tokens_per_sec"],
-        "steps": results["steps"],
-        "best_step": results["best_step"],
-        "dev_f1": results["dev"]["f1"],
-        "test_f1": results["test"]["f1"],
-        "compilations": results["compilations"],
-        "command": " ".join(command[1:]),
-    }
+    shared = {"wall_seconds": wall, **{key: results[key] for key in ("train_seconds", "train_tokens", "tokens_per_sec",
+                                                                     "steps", "best_step", "compilations")},
+              "command": " ".join(command[1:])}
+    return results, shared
+
+
+def run_jaxft(workdir: Path, epochs: int, max_steps: int, args) -> dict:
+    results, record = run_jaxft_cli(RECIPE, workdir, [f"--config.train.num_epochs={epochs}"], max_steps, args,
+                                    "jaxft", workdir.parent / "jaxft.log")
+    if results is None:
+        return record
+    return {**record, "dev_f1": results["dev"]["f1"], "test_f1": results["test"]["f1"]}
 
 
 def run_torch(workdir: Path, epochs: int, max_steps: int, args) -> dict:
@@ -251,10 +269,9 @@ def machine_info() -> dict:
 # ---------------------------------------------------------------------------------------------- PyTorch side
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("ner_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from jaxft.sweep import load_recipe as recipe_config
+
+    return recipe_config(str(RECIPE))
 
 
 def torch_worker(args) -> int:

@@ -70,7 +70,6 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "sentiment.py"
 NER_BENCHMARK = Path(__file__).resolve().with_name("ner_vs_pytorch.py")
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "sentiment_vs_pytorch.json"
-QUICK_EPOCHS, QUICK_MAX_STEPS = 1, 30
 EVAL_BATCH_SIZE = 64
 SIDES = ("jaxft", "pytorch")
 SUMMARISED = ("wall_seconds", "train_seconds", "tokens_per_sec", "dev_accuracy", "test_accuracy", "test_macro_f1")
@@ -84,7 +83,9 @@ def load_module(name: str, path: Path):
 
 
 def load_recipe():
-    return load_module("sentiment_recipe", RECIPE).get_config()
+    from jaxft.sweep import load_recipe as recipe_config
+
+    return recipe_config(str(RECIPE))
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -105,30 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=0, help="training epochs, both sides (default: the recipe's)")
     parser.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2 "
                                                                        "(default 0); each side runs once per seed")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_EPOCHS} epoch, at most {QUICK_MAX_STEPS} steps each run")
-    parser.add_argument("--skip-torch", action="store_true", help="run only jaxft")
-    parser.add_argument("--skip-jaxft", action="store_true", help="run only PyTorch")
-    parser.add_argument("--workdir", default=None,
-                        help="folder for all runs (jaxft_seedS/ and torch_seedS/ inside; must not hold an earlier "
-                             "run). Default: a temporary folder, deleted afterwards")
-    parser.add_argument("--output", default=None, help=f"JSON results (default {DEFAULT_OUTPUT.relative_to(REPO)})")
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (default: all cores)")
-    parser.add_argument("--warm-cache", action="store_true",
-                        help="let jaxft use its persistent XLA compilation cache (default: off, so compile "
-                             "time is included in full)")
-    parser.add_argument("--jaxft-flag", action="append", default=[], metavar="--config.KEY=VALUE",
-                        help="extra flag for the jaxft CLI, repeatable; write it as --jaxft-flag=--config.x=y")
-    # internal: the PyTorch side, run in a child process so that its wall time is whole-process too
-    parser.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--max-steps", type=int, default=0, help=argparse.SUPPRESS)
+    ner_benchmark().add_shared_arguments(parser, DEFAULT_OUTPUT,
+                                         "folder for all runs (jaxft_seedS/ and torch_seedS/ inside")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # internal: the torch worker's
     args = parser.parse_args(argv)
     if args.epochs < 0:
         parser.error("--epochs must be >= 1 (or 0: the recipe's)")
-    if args.skip_torch and args.skip_jaxft:
-        parser.error("--skip-torch and --skip-jaxft together leave nothing to run")
-    args.jaxft_flag = [f if f.startswith("--") else f"--{f}" for f in args.jaxft_flag]
+    ner_benchmark().check_shared_arguments(parser, args)
     return args
 
 
@@ -148,13 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.torch_worker:
         return torch_worker(args)
-    if not args.skip_torch and importlib.util.find_spec("accelerate") is None:
-        print("error: the PyTorch side needs accelerate (transformers' Trainer does): "
-              ".venv/bin/pip install 'accelerate>=1.1.0', or pass --skip-torch", file=sys.stderr)
+    if ner_benchmark().torch_side_unavailable(args):
         return 2
     recipe = load_recipe()
-    epochs = QUICK_EPOCHS if args.quick else (args.epochs or recipe.train.num_epochs)
-    max_steps = QUICK_MAX_STEPS if args.quick else 0
+    ner = ner_benchmark()
+    epochs = ner.QUICK_EPOCHS if args.quick else (args.epochs or recipe.train.num_epochs)
+    max_steps = ner.QUICK_MAX_STEPS if args.quick else 0
     output = Path(args.output) if args.output else DEFAULT_OUTPUT
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sentiment_vs_pytorch_")) if temporary else Path(args.workdir)
@@ -232,36 +215,14 @@ def ner_benchmark():
 
 
 def run_jaxft(workdir: Path, seed: int, epochs: int, max_steps: int, args) -> dict:
-    command = [sys.executable, "-m", "jaxft.main", "--config", str(RECIPE), "--workdir", str(workdir),
-               "--config.train.progress_bar=False", f"--config.train.seed={seed}",
-               f"--config.train.num_epochs={epochs}"]
-    if max_steps:
-        command.append(f"--config.train.max_steps={max_steps}")
-    command += args.jaxft_flag
-    env = dict(os.environ)
-    if not args.warm_cache:
-        env["JAXFT_COMPILATION_CACHE"] = "0"
-    print(f"jaxft seed {seed}: {' '.join(command[1:])}", file=sys.stderr)
-    log_path = workdir.parent / f"{workdir.name}.log"
-    status, wall = ner_benchmark().run_logged(command, log_path, f"jaxft s{seed}", env)
-    if status != 0:
-        return {"error": f"exit status {status}", "wall_seconds": wall}
-    results = json.loads((workdir / "results.json").read_text())
-    return {
-        "wall_seconds": wall,
-        "train_seconds": results["train_seconds"],
-        "train_tokens": results["train_tokens"],
-        "tokens_per_sec": results["tokens_per_sec"],
-        "steps": results["steps"],
-        "best_step": results["best_step"],
-        "dev_accuracy": results["dev"]["accuracy"],
-        "dev_macro_f1": results["dev"]["macro_f1"],
-        "test_accuracy": results["test"]["accuracy"],
-        "test_macro_f1": results["test"]["macro_f1"],
-        "dev_history": jaxft_dev_history(workdir / "metrics.jsonl"),
-        "compilations": results["compilations"],
-        "command": " ".join(command[1:]),
-    }
+    flags = [f"--config.train.seed={seed}", f"--config.train.num_epochs={epochs}"]
+    results, record = ner_benchmark().run_jaxft_cli(RECIPE, workdir, flags, max_steps, args, f"jaxft s{seed}",
+                                                    workdir.parent / f"{workdir.name}.log")
+    if results is None:
+        return record
+    return {**record, "dev_accuracy": results["dev"]["accuracy"], "dev_macro_f1": results["dev"]["macro_f1"],
+            "test_accuracy": results["test"]["accuracy"], "test_macro_f1": results["test"]["macro_f1"],
+            "dev_history": jaxft_dev_history(workdir / "metrics.jsonl")}
 
 
 def jaxft_dev_history(metrics_path: Path) -> list[dict]:
