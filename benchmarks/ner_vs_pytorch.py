@@ -15,10 +15,10 @@ What it runs:
     batch 32, max_length 128, seed 0, CPU), dynamic padding (``DataCollatorForTokenClassification``) and
     Trainer's default random sampler. Data, split (70/15/15 in file order: 1675/359/360 sentences), label
     list, tokenizer and sub-token labelling are jaxft's own (``jaxft.tasks.ner.read_splits`` /
-    ``label_list``, ``jaxft.data.tokenize.encode_for_training``). Dev is evaluated after every epoch, the
+    ``label_list``, ``jaxft.data.ner_encoding.encode_for_training``). Dev is evaluated after every epoch, the
     best-dev weights are kept in memory and the test set is scored once with them, as jaxft does; both
     sides score words with the same code (``encode_for_prediction`` windows, first sub-token,
-    seqeval entity-level micro F1 in default mode via ``jaxft.evaluate.metrics.ner_metrics``).
+    seqeval entity-level micro F1 in default mode via ``jaxft.evaluate.ner_metrics.ner_metrics``).
 
 What it measures, per side:
   * wall_seconds: the whole child process (interpreter start, imports, data loading and tokenization,
@@ -269,7 +269,7 @@ def machine_info() -> dict:
 # ---------------------------------------------------------------------------------------------- PyTorch side
 
 def load_recipe():
-    from jaxft.sweep import load_recipe as recipe_config
+    from jaxft.config import load_recipe as recipe_config
 
     return recipe_config(str(RECIPE))
 
@@ -282,8 +282,8 @@ def torch_worker(args) -> int:
                               TrainerCallback, TrainingArguments)
 
     from jaxft.data.readers import packaged_minilm_path
-    from jaxft.data.tokenize import encode_for_prediction, encode_for_training, gather_word_predictions
-    from jaxft.evaluate.metrics import ner_metrics
+    from jaxft.data.ner_encoding import encode_for_prediction, encode_for_training, gather_word_predictions
+    from jaxft.evaluate.ner_metrics import ner_metrics
     from jaxft.models import load_tokenizer
     from jaxft.tasks.ner import label_list, read_splits
 

@@ -90,7 +90,7 @@ def static_costs(recipe: str, overrides: dict) -> dict[str, int]:
 
     from jaxft.models import TOKEN_CLASSIFICATION, from_pretrained
     from jaxft.peft import run as peft_run
-    from jaxft.tasks.common import resolve_model_path
+    from jaxft.tasks.base import resolve_model_path
     from jaxft.train.optim import make_optimizer
     from jaxft.train.state import split_model
     from jaxft.train.step import init_train_state, make_train_step, token_cross_entropy

@@ -13,7 +13,7 @@ What it runs, once per seed S of ``--seeds`` (jaxft first, then PyTorch):
     numbers come from ``<workdir>/jaxft_seedS/results.json`` (dev = the best checkpoint by dev accuracy, test
     scored with it) and the dev history from its metrics.jsonl.
   * PyTorch: this script again in a child process (``--torch-worker``): the packaged all-MiniLM-L6-v2
-    (the recipe's ``model.name_or_path``, resolved by ``jaxft.tasks.common.resolve_model_path``) as
+    (the recipe's ``model.name_or_path``, resolved by ``jaxft.tasks.base.resolve_model_path``) as
     ``AutoModelForSequenceClassification`` (num_labels from jaxft's label list) under ``transformers.Trainer``
     with the recipe's hyper-parameters, read from ``configs/sentiment.py``'s ``get_config()``: AdamW lr 5e-5,
     weight decay 0.01 (Trainer's default: off biases and LayerNorm), 10% warmup (``warmup_steps=0.1``, a
@@ -83,7 +83,7 @@ def load_module(name: str, path: Path):
 
 
 def load_recipe():
-    from jaxft.sweep import load_recipe as recipe_config
+    from jaxft.config import load_recipe as recipe_config
 
     return recipe_config(str(RECIPE))
 
@@ -332,7 +332,7 @@ def read_data(config):
 
     problem_type = config.classification.problem_type
     splits = read_splits(config.data, problem_type)
-    return splits, label_list(splits, problem_type, config.data.label_separator)
+    return splits, label_list(splits, problem_type, config.classification.label_separator)
 
 
 def encode_split(tokenizer, examples, label2id: dict, max_length: int) -> tuple[list[dict], object]:
@@ -388,7 +388,7 @@ def torch_worker(args) -> int:
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback
 
     from jaxft.models import load_tokenizer
-    from jaxft.tasks.common import resolve_model_path
+    from jaxft.tasks.base import resolve_model_path
 
     torch.set_num_threads(args.torch_threads or os.cpu_count())
     out = Path(args.torch_worker)

@@ -59,7 +59,8 @@ def metrics(url: str) -> dict[str, float]:
 
 
 def tweets(limit: int = 2000) -> list[str]:
-    from jaxft.data.readers import packaged_tweets_ner_path, read_sentences
+    from jaxft.data.ner_readers import read_sentences
+    from jaxft.data.readers import packaged_tweets_ner_path
     sentences = read_sentences(packaged_tweets_ner_path())
     return [" ".join(s.tokens) for s in sentences[-limit:] if s.tokens]
 

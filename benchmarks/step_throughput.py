@@ -79,7 +79,7 @@ def time_steps(run_step, steps: int) -> tuple[float, list[float]]:
 
 def lora_recipe():
     """configs/ner_lora.py's get_config(): the LoRA settings both sides use."""
-    from jaxft.sweep import load_recipe
+    from jaxft.config import load_recipe
     config = load_recipe(LORA_RECIPE)
     if config.peft.method != "lora":
         raise SystemExit(f"{LORA_RECIPE}: peft.method is {config.peft.method!r}, expected 'lora'")

@@ -187,7 +187,7 @@ print(config.model.name_or_path, config.data.train_file, f"{config.train.num_epo
 TRAIN = '''\
 # Train, evaluate on dev after every epoch, test the best checkpoint, export it. Re-running this cell on the
 # same WORKDIR resumes from the latest checkpoint.
-from jaxft.main import run
+from jaxft.tasks.run import run
 
 results = run(config, WORKDIR)
 '''
@@ -254,7 +254,7 @@ print("JAXFT_NOTEBOOK_SUMMARY " + json.dumps(summary, default=float))
 '''
 
 NER_PREDICT = "from jaxft.predict import run_predict"
-CLASSIFICATION_PREDICT = "from jaxft.tasks.classification import run_predict"
+CLASSIFICATION_PREDICT = "from jaxft.predict import run_predict"
 NER_SENTENCES = '["Going to see Taylor Swift in New York tonight", "Apple released the new iPhone"]'
 SENTIMENT_SENTENCES = '["A gripping, beautifully acted film.", "Dull, overlong and predictable."]'
 

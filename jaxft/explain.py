@@ -27,8 +27,8 @@ Methods
          width for each token i. The integral is a quadrature over `steps` points: the midpoint Riemann
          sum (rule "riemann", the default) or Gauss-Legendre (rule "gauss-legendre": exact for polynomials
          of degree 2 * steps - 1). Gauss-Legendre wins on smooth integrands, but along a fine-tuned
-         model's path the target can turn sharply, and there its sparse mid-path nodes did worse: on the
-         exported NER model, 50 points left a relative gap of up to 2.7e-2 with Gauss-Legendre and 2.5e-3
+         model's path the target can turn sharply, and there its sparse mid-path nodes do worse: on the
+         exported NER model, 50 points leave a relative gap of up to 2.7e-2 with Gauss-Legendre and 2.5e-3
          with the midpoint rule (the sentiment model: 1.1e-5 and 1.6e-4).
          Completeness: the attributions add up to F(x) - F(x'); each explanation reports the gap
          |sum - (F(x) - F(x'))|, the gap relative to |F(x) - F(x')|, and a warning when that exceeds
@@ -55,11 +55,23 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxft.config import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from jaxft.data.ner_encoding import encode_for_prediction
+from jaxft.data.text_readers import QAExample
+from jaxft.errors import USER_ERRORS
+from jaxft.evaluate.ner_metrics import decode_entities, word_char_offsets
+from jaxft.models import from_pretrained, load_tokenizer
+from jaxft.tasks import registry
+from jaxft.tasks.predictor import read_task_file
+from jaxft.tasks.qa import NO_OFFSET, decode_example
+from jaxft.train.state import split_model
 
 METHODS = ("ig", "gxi")
 RULES = ("riemann", "gauss-legendre")
@@ -138,9 +150,6 @@ def encode_text_input(tokenizer, text: str, text_pair: str | None, max_length: i
 
 def encode_word_input(tokenizer, text: str, max_length: int) -> EncodedInput:
     """NER input as `predict` encodes it: whitespace words, one window (an error when it needs more)."""
-    from jaxft.data.tokenize import encode_for_prediction
-    from jaxft.evaluate.metrics import word_char_offsets
-
     words = text.split()
     if not words:
         raise ValueError("the text has no words to explain")
@@ -206,9 +215,6 @@ class Explainer:
 
     def __init__(self, model, tokenizer, *, max_length: int = 128, problem_type: str | None = None,
                  step_batch: int = 64, qa: dict | None = None):
-        from jaxft.models import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
-        from jaxft.train.state import split_model
-
         if model.task not in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING):
             raise ValueError(f"explain supports classification, NER and QA models, not {model.task!r}")
         self.task = model.task
@@ -224,16 +230,11 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, max_length: int | None = None, step_batch: int = 64):
-        from jaxft.main import exported_task
-        from jaxft.models import from_pretrained, load_tokenizer
-        from jaxft.tasks.classification import read_task_file
-
-        task = exported_task(str(model_dir))
-        info = read_task_file(model_dir) if task != "token-classification" else {}
-        model = from_pretrained(model_dir, task=task)
+        spec = registry.for_folder(model_dir)
+        info = read_task_file(model_dir)
+        model = from_pretrained(model_dir, task=spec.name)
         qa = {k: info[k] for k in ("max_answer_length", "version_2", "null_threshold") if k in info}
-        default_length = 384 if task == "question-answering" else 128
-        max_length = int(max_length or info.get("max_length", default_length))
+        max_length = int(max_length or info.get("max_length") or spec.default_max_length)
         return cls(model, load_tokenizer(model_dir), max_length=max_length, problem_type=info.get("problem_type"),
                    step_batch=step_batch, qa=qa)
 
@@ -316,8 +317,6 @@ class Explainer:
         return prediction, [({"label": self.labels[index], "given": target is not None}, weights)]
 
     def _entity_targets(self, text: str, encoded: EncodedInput, logits: np.ndarray, entity_type: str | None):
-        from jaxft.evaluate.metrics import decode_entities
-
         previous = np.concatenate([[-1], encoded.token_words[:-1]])
         first_positions = np.flatnonzero((encoded.token_words >= 0) & (encoded.token_words != previous))
         word_position = np.empty(len(encoded.words), np.int64)
@@ -346,10 +345,6 @@ class Explainer:
 
     def _span_targets(self, context: str, encoded: EncodedInput, logits: np.ndarray):
         """The answer `predict` gives for this window, and its score as the target (logits: [T, 2])."""
-        from types import SimpleNamespace
-
-        from jaxft.tasks.qa import NO_OFFSET, QAExample, decode_example
-
         offsets = np.where((encoded.segments == 1)[:, None], encoded.offsets, NO_OFFSET)
         example = QAExample("explain", "", context, [], False, "explain")
         span = decode_example(example, [SimpleNamespace(offsets=offsets)], [(logits[:, 0], logits[:, 1])],
@@ -512,15 +507,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--html", default=None, help="also write a self-contained HTML heat map here")
     parser.add_argument("--output", default=None, help="write the JSON here instead of stdout")
     args = parser.parse_args(argv)
-    from jaxft.main import user_errors
-
     try:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         explainer = Explainer.from_pretrained(args.model, max_length=args.max_length)
         result = explainer.explain(args.text, text_pair=args.text_pair, method=args.method, steps=args.steps,
                                    rule=args.rule, baseline=args.baseline, target=args.target)
-    except (*user_errors(), ValueError) as err:
+    except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(result, ensure_ascii=False, indent=1)

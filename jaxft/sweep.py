@@ -28,9 +28,10 @@ added behind the same plan file if sweeps grow to dozens of trials.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import shlex
 import csv
 import dataclasses
-import importlib.util
 import io
 import json
 import math
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxft import sweep_space
+from jaxft.config import ConfigError, load_recipe, suggest
+from jaxft.config import keys as config_keys
 
 PLAN_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"
@@ -61,59 +64,33 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- config values
 
-def load_recipe(path: str):
-    """The recipe's get_config() (to check keys and types before any trial starts)."""
-    if not os.path.isfile(path):
-        raise SweepError(f"--config: file not found: {path}")
-    spec = importlib.util.spec_from_file_location("jaxft_sweep_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def _node(config, dotted: str):
-    node = config
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if part not in node:
-            raise SweepError(f"unknown config key {dotted!r}")
-        node = node[part]
-    if leaf not in node:
-        raise SweepError(f"unknown config key {dotted!r}")
-    return node, leaf
-
-
-def coerce(config, dotted: str, value: Any) -> Any:
-    """A value (or command-line text) as the type of the config key it sets; unknown keys are refused."""
-    node, leaf = _node(config, dotted)
-    current = node[leaf]
-    if isinstance(current, bool):
+def coerce(dotted: str, value: Any) -> Any:
+    """A value (or command-line text) as the type the schema gives the config key it sets (jaxft.config);
+    unknown keys are refused with the nearest known one."""
+    known = dict(config_keys())
+    if dotted not in known:
+        raise SweepError(f"unknown config key {dotted!r}" + suggest(dotted, known))
+    kind = known[dotted].type
+    if kind is bool:
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise SweepError(f"config key {dotted!r} is a bool; got {value!r}")
             return value.lower() in ("true", "1")
         return bool(value)
     try:
-        if isinstance(current, int):
+        if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if isinstance(current, float):
+        if kind is float:
             return float(value)
     except ValueError:
-        raise SweepError(f"config key {dotted!r} is a {type(current).__name__}; got {value!r}") from None
+        raise SweepError(f"config key {dotted!r} is a {kind.__name__}; got {value!r}") from None
     return value if isinstance(value, str) else str(value)
 
 
 def flag_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def apply_overrides(config, overrides: dict[str, Any]):
-    for dotted, value in overrides.items():
-        node, leaf = _node(config, dotted)
-        node[leaf] = value
-    return config
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -130,11 +107,10 @@ class Trial:
 
 def make_plan(args, shared: dict[str, Any]) -> dict:
     space = sweep_space.load_space(args.space)
-    base = load_recipe(args.config)
     trial_list = sweep_space.trials(space, args.trials, args.seed)
     for overrides in trial_list:
         for key in list(overrides):
-            overrides[key] = coerce(base, key, overrides[key])
+            overrides[key] = coerce(key, overrides[key])
     return {"recipe": str(Path(args.config).resolve()), "space_file": str(Path(args.space).resolve()),
             "space": sweep_space.describe(space), "swept": sweep_space.swept_keys(space), "seed": args.seed,
             "shared_overrides": shared, "trials": trial_list}
@@ -171,7 +147,7 @@ def trial_command(plan: dict, trial: Trial, workdir: Path) -> list[str]:
 
 def _die_with_parent() -> None:  # runs in the child before exec
     try:
-        import ctypes
+        import ctypes  # Linux only: PR_SET_PDEATHSIG
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
@@ -239,7 +215,6 @@ class Runner:
 
 
 def _quote(text: str) -> str:
-    import shlex
     return shlex.quote(text)
 
 
@@ -349,9 +324,9 @@ def markdown_table(rows, columns, label, mode, best, plan) -> str:
 
 
 def _plot(path: Path, rows, keys, label, best) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib loads only where a plot is drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (ditto), after the headless backend is set
 
     finished = [r for r in rows if r["score"] is not None]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
@@ -443,14 +418,14 @@ def parse_args(argv: list[str]):
 def sweep_command(argv: list[str]) -> int:
     args, shared_text = parse_args(argv)
     try:
-        base = load_recipe(args.config)
-        shared = {k: coerce(base, k, v) for k, v in shared_text.items()}
+        load_recipe(args.config)  # the recipe must load before any trial starts
+        shared = {k: coerce(k, v) for k, v in shared_text.items()}
         plan = make_plan(args, shared)
         workdir = Path(args.workdir or os.path.join("runs", f"sweep-{Path(args.config).stem}"))
         workdir.mkdir(parents=True, exist_ok=True)
         lock = _lock(workdir)
         plan = reconcile(workdir, plan)
-    except (SweepError, sweep_space.SpaceError) as err:
+    except (SweepError, sweep_space.SpaceError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     trials = [Trial(i, overrides) for i, overrides in enumerate(plan["trials"])]
@@ -475,7 +450,6 @@ def sweep_command(argv: list[str]) -> int:
 
 
 def _lock(workdir: Path):
-    import fcntl
     handle = open(workdir / LOCK_FILE, "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

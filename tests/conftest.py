@@ -68,12 +68,9 @@ def small_ner_file(tmp_path_factory, tweets_ner_path) -> Path:
 def recipe_config(recipe: str, model: Path, train_file: Path, **overrides):
     """configs/<recipe>.py pointed at a model and a train file, with dotted-key overrides
     ({"train.num_epochs": 3}); tests use tiny models and small files, so runs take seconds."""
-    import importlib.util as iu
+    from jaxft.config import load_recipe
 
-    spec = iu.spec_from_file_location(f"{recipe}_recipe", Path(__file__).parent.parent / "configs" / f"{recipe}.py")
-    module = iu.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_recipe(Path(__file__).parent.parent / "configs" / f"{recipe}.py")
     config.model.name_or_path = str(model)
     config.data.train_file = str(train_file)
     config.train.progress_bar = False

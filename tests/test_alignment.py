@@ -5,9 +5,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from jaxft.data.errors import DataError
-from jaxft.data.readers import Sentence, packaged_minilm_path, packaged_tweets_ner_path, read_conll
+from jaxft.data.ner_readers import Sentence, read_conll
+from jaxft.data.readers import packaged_minilm_path, packaged_tweets_ner_path
 from jaxft.data.tags import bio_label_list, entity_types
-from jaxft.data.tokenize import (
+from jaxft.data.ner_encoding import (
     IGNORE_INDEX,
     Encoded,
     encode_for_prediction,

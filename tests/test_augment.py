@@ -12,7 +12,7 @@ from conftest import recipe_config
 from jaxft.config import ConfigError, base_config, validate
 from jaxft.data import augment as A
 from jaxft.data.errors import DataError
-from jaxft.data.readers import Sentence, read_conll, sentences_to_bio
+from jaxft.data.ner_readers import Sentence, read_conll, sentences_to_bio
 from jaxft.data.tags import convert_to_bio_counted
 from jaxft.data.text_readers import TextExample
 
@@ -301,27 +301,21 @@ def test_config_validation(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- task hooks
 
-class _Stop(Exception):
-    pass
+def _prepared_task(module, config):
+    """The task's data prepared and tokenised as a training run prepares them (its spec's prepare, then
+    build with the model the run loads); no step is compiled."""
+    import jaxft.models as jm
+    from jaxft.tasks.base import resolve_model_path
 
-
-def _prepared_task(monkeypatch, module, config, tmp_path):
-    """Run the task's train_and_evaluate up to the training loop and return its task (data prepared,
-    tokenised); no step is compiled."""
-    captured = {}
-
-    def fake_fit(config, workdir, model, task, model_path):
-        captured["task"] = task
-        raise _Stop
-
-    monkeypatch.setattr(module, "fit", fake_fit)
     validate(config)
-    with pytest.raises(_Stop):
-        module.train_and_evaluate(config, tmp_path / "run")
-    return captured["task"]
+    spec = module.SPEC
+    data = spec.prepare(config)
+    path = resolve_model_path(config.model.name_or_path)
+    model = jm.from_pretrained(path, task=spec.name, **spec.model_options(config, data))
+    return spec.build(config, jm.load_tokenizer(path), model, data)
 
 
-def test_classification_hook_augments_train_only(monkeypatch, tmp_path, tiny_bert, lexicon):
+def test_classification_hook_augments_train_only(tmp_path, tiny_bert, lexicon):
     from jaxft.tasks import classification
 
     path = tmp_path / "reviews.csv"
@@ -331,7 +325,7 @@ def test_classification_hook_augments_train_only(monkeypatch, tmp_path, tiny_ber
     assert (len(plain.train), len(plain.dev), len(plain.test)) == (28, 6, 6)
 
     config = recipe_config("sentiment", tiny_bert, path, **{"augment.methods": "swap,delete", "augment.copies": 2})
-    task = _prepared_task(monkeypatch, classification, config, tmp_path)
+    task = _prepared_task(classification, config)
     train = task.splits["train"]
     assert len(train) == 28 * 3 and train[:28] == plain.train      # every copy differs from its original
     assert task.splits["dev"] == plain.dev and task.splits["test"] == plain.test
@@ -341,14 +335,14 @@ def test_classification_hook_augments_train_only(monkeypatch, tmp_path, tiny_ber
     assert train[28:] == A.augment_texts(plain.train, A.settings_from_config(config))
 
 
-def test_ner_hook_augments_train_only(monkeypatch, tmp_path, tiny_bert, small_ner_file):
+def test_ner_hook_augments_train_only(tiny_bert, small_ner_file):
     from jaxft.tasks import ner
 
     plain = ner.read_splits(recipe_config("ner", tiny_bert, small_ner_file).data)
     assert (len(plain.train), len(plain.dev), len(plain.test)) == (140, 30, 30)
     config = recipe_config("ner", tiny_bert, small_ner_file, **{
         "augment.methods": "mention,token", "augment.copies": 2, "data.max_length": 64})
-    task = _prepared_task(monkeypatch, ner, config, tmp_path)
+    task = _prepared_task(ner, config)
     train = task.splits["train"]
     copies = A.augment_sentences(plain.train, A.settings_from_config(config))
     assert train == plain.train + copies and len(copies) == 198

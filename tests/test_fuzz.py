@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxft.data.errors import DataError
-from jaxft.data.readers import read_conll, read_table, sentences_to_bio
+from jaxft.data.ner_readers import read_conll, read_table, sentences_to_bio
 from jaxft.data.tags import parse_tag
-from jaxft.data.tokenize import (IGNORE_INDEX, NO_WORD, encode_for_prediction, encode_for_training,
+from jaxft.data.ner_encoding import (IGNORE_INDEX, NO_WORD, encode_for_prediction, encode_for_training,
                                  gather_word_predictions)
-from jaxft.evaluate.metrics import word_char_offsets
+from jaxft.evaluate.ner_metrics import word_char_offsets
 
 FUZZ = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -234,7 +234,7 @@ def test_jsonl_reads_every_row_or_fails_with_a_location(tmp_path, caplog, case):
 @given(st.lists(st.lists(VALID_TAG, min_size=1, max_size=10), min_size=1, max_size=5),
        st.sampled_from(["auto", "BIO", "IOB1", "IOBES", "BILOU"]))
 def test_scheme_conversion_gives_strict_iob2_or_a_located_error(tag_lists, scheme):
-    from jaxft.data.readers import Sentence
+    from jaxft.data.ner_readers import Sentence
 
     sentences = [Sentence([f"w{i}" for i in range(len(tags))], tags, f"f.conll:{n * 20 + 1}")
                  for n, tags in enumerate(tag_lists)]
@@ -289,7 +289,7 @@ def test_prediction_windows_give_every_word_its_own_score(tokenizer, sentences, 
                          min_size=1, max_size=30), min_size=1, max_size=4),
        st.sampled_from([8, 16, 64]), st.booleans())
 def test_training_labels_sit_on_their_words(tokenizer, labelled, max_length, all_subtokens):
-    from jaxft.data.readers import Sentence
+    from jaxft.data.ner_readers import Sentence
 
     label2id = {"O": 0, "B-X": 1, "I-X": 2}
     sentences = [Sentence([w for w, _ in pairs], [t for _, t in pairs], f"f.conll:{i + 1}")

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from jaxft.evaluate.metrics import decode_entities, ner_metrics, word_char_offsets
+from jaxft.evaluate.ner_metrics import decode_entities, ner_metrics, word_char_offsets
 
 
 def assert_scores(scores, precision, recall, f1, support=None):

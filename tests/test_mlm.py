@@ -233,7 +233,7 @@ def checkpoint_params(workdir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def mlm_run(tmp_path_factory, tiny_bert):
-    from jaxft.main import run
+    from jaxft.tasks.run import run
     folder = tmp_path_factory.mktemp("mlm")
     results = run(mlm_config(tiny_bert, corpus(folder)), folder / "run")
     return folder, results
@@ -251,7 +251,7 @@ def test_pretraining_lowers_held_out_perplexity(mlm_run):
 
 
 def test_resume_after_stop_equals_uninterrupted(mlm_run, tiny_bert, tmp_path):
-    from jaxft.main import run
+    from jaxft.tasks.run import run
     folder, results = mlm_run
     text = folder / "corpus.txt"
     stopped = run(mlm_config(tiny_bert, text, **{"train.stop_after_step": 5}), tmp_path / "run")
@@ -285,3 +285,39 @@ def test_export_loads_in_torch_and_in_fine_tuning(mlm_run):
     base = jm.from_pretrained(export)  # the bare encoder equals the pretrained one
     np.testing.assert_array_equal(np.asarray(base.embeddings.word_embeddings.embedding.get_value()),
                                   np.asarray(ours.bert.embeddings.word_embeddings.embedding.get_value()))
+
+
+def test_predict_on_a_masked_lm_export_fills_masks_not_entities(mlm_run):
+    """predict on a masked-LM export gives fill-mask candidates (transformers' fill-mask keys), not NER output."""
+    folder, _ = mlm_run
+    export = folder / "run" / "export"
+    done = subprocess.run([sys.executable, "-m", "jaxft.main", "predict", "--model", str(export)],
+                          input="the film is a [MASK] triumph\n", capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert "entities" not in result and result["text"] == "the film is a [MASK] triumph"
+    (candidates,) = result["predictions"]  # one mask
+    assert len(candidates) == 5 and set(candidates[0]) == {"score", "token", "token_str", "sequence"}
+    scores = [c["score"] for c in candidates]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+    tokenizer = jm.load_tokenizer(export)
+    assert candidates[0]["token_str"] == tokenizer.decode([candidates[0]["token"]]).strip()
+    assert candidates[0]["sequence"].startswith("the film is a ")
+    # the same top token as the model's own logits at the mask
+    model = jm.from_pretrained(export, task=jm.MASKED_LM)
+    batch = tokenizer(["the film is a [MASK] triumph"], return_tensors="np")
+    logits = np.asarray(model(batch["input_ids"], batch["attention_mask"]))[0]
+    position = int(np.flatnonzero(batch["input_ids"][0] == tokenizer.mask_token_id)[0])
+    assert candidates[0]["token"] == int(logits[position].argmax())
+
+
+def test_predict_on_a_bare_encoder_is_one_clear_error(tiny_bert):
+    done = subprocess.run([sys.executable, "-m", "jaxft.main", "predict", "--model", str(tiny_bert)],
+                          input="a text\n", capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tiny_bert / 'config.json'}: BertModel is a bare encoder without a task head; predict, serve and "
+        "explain need an export of a fine-tuned model (*ForTokenClassification, *ForSequenceClassification, "
+        "*ForQuestionAnswering, *ForMaskedLM)")

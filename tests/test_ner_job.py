@@ -142,7 +142,7 @@ def test_predict_offsets_point_into_the_input(tmp_path, minilm_path):
     ("--config.data.trian_file=x.conll", "'trian_file' Did you mean \"train_file\""),
     ("--config.train.batch_size=abc", "invalid literal for int()"),
     ("--config.data.train_file=/no/such/file.conll", "config key 'data.train_file': file not found"),
-    ("--config.data.tag_scheme=BIOX", "config key 'data.tag_scheme' must be one of auto, BIO, IOB1, IOBES, BILOU"),
+    ("--config.ner.tag_scheme=BIOX", "config key 'ner.tag_scheme' must be one of auto, BIO, IOB1, IOBES, BILOU"),
     ("--config.train.num_epochs=0", "train.num_epochs and train.max_steps are both 0"),
 ])
 def test_config_errors_are_one_clear_line(flag, message, tmp_path):

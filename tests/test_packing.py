@@ -81,7 +81,7 @@ def test_packed_epoch_covers_each_example_once_in_full_rows():
 
 
 def test_packed_run_compiles_one_train_shape(tiny_bert, small_ner_file, tmp_path):
-    from jaxft.main import run
+    from jaxft.tasks.run import run
 
     results = run(tiny_ner_config(tiny_bert, small_ner_file, **{"data.packing": True}), tmp_path)
     assert results["compilations"]["train_step"] == 1

@@ -388,7 +388,7 @@ def test_loraplus_speeds_up_only_lora_b():
 
 @pytest.mark.parametrize("method", ["fgm", "pgd"])
 def test_adversarial_loss_adds_a_worse_perturbed_loss(tiny_bert_no_dropout, method):
-    from jaxft.peft.adversarial import adversarial_loss
+    from jaxft.train.adversarial import adversarial_loss
 
     config = base_config().train
     config.adversarial, config.adversarial_epsilon = method, 1.0
@@ -425,7 +425,7 @@ def test_resume_refuses_another_base(tmp_path):
 # ---------------------------------------------------------------------------------------------- real runs
 
 def run_ner(workdir, model, data, **overrides):
-    from jaxft.main import run
+    from jaxft.tasks.run import run
     config = tiny_ner_config(model, data, **{"train.num_epochs": 0, "train.max_steps": 8, "train.eval_every": 4,
                                              "train.log_every": 1,
                                              **overrides})

@@ -15,7 +15,7 @@ from conftest import recipe_config
 from jaxft.data.errors import DataError
 from jaxft.data.text_readers import QAExample, read_squad
 from jaxft.evaluate.qa_metrics import best_null_threshold, exact_match, f1, normalize_answer, squad_metrics
-from jaxft.main import run
+from jaxft.tasks.run import run
 from jaxft.models import load_tokenizer
 from jaxft.tasks.qa import (NO_OFFSET, QAFeature, answer_token_span, decode_example, encode_windows,
                             split_by_context)

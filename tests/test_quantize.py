@@ -10,9 +10,11 @@ from safetensors.numpy import load_file
 
 from jaxft.main import main
 from jaxft.models import ModelLoadError, from_pretrained, load_tokenizer
-from jaxft.predict import load_model, load_predictor
-from jaxft.quantize import (MARKER, SCALE_SUFFIX, WEIGHTS_FILE, QuantizedEmbed, QuantizedLinear, dequantize_rows,
-                            dequantize_tensors, folder_bytes, prune, quantize_folder, quantize_rows, target_keys)
+from jaxft.models.quantized import (MARKER, SCALE_SUFFIX, WEIGHTS_FILE, QuantizedEmbed, QuantizedLinear,
+                                    dequantize_rows, dequantize_tensors, quantize_rows)
+from jaxft.predict import load_predictor
+from jaxft.quantize import folder_bytes, prune, quantize_folder, target_keys
+from jaxft.tasks.predictor import load_model
 from tiny_exports import NER_LABELS, TEXTS, make_export
 
 # Stated tolerance: on the tiny model (hidden 32, decisive random head, logits of size ~5) int8 kernels move

@@ -6,17 +6,8 @@ import pytest
 
 from jaxft.data import readers
 from jaxft.data.errors import DataError
-from jaxft.data.readers import (
-    Sentence,
-    packaged_minilm_path,
-    packaged_tweets_ner_path,
-    read_conll,
-    read_hf_dataset,
-    read_sentences,
-    read_table,
-    sentences_to_bio,
-    split_fixed,
-)
+from jaxft.data.ner_readers import Sentence, read_conll, read_hf_dataset, read_sentences, read_table, sentences_to_bio
+from jaxft.data.readers import packaged_minilm_path, packaged_tweets_ner_path, split_fixed
 from jaxft.data.tags import entity_types
 
 

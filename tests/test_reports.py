@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 from tensorboardX.proto.event_pb2 import Event
 
-from jaxft.evaluate.metrics import ner_metrics
-from jaxft.evaluate.reports import (MetricsWriter, ProgressBar, plot_training_curves,
-                                    print_results_table, read_metrics)
+from jaxft.evaluate.ner_metrics import ner_metrics
+from jaxft.evaluate.reports import plot_training_curves, print_results_table, read_metrics
+from jaxft.train.reporting import MetricsWriter, ProgressBar
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

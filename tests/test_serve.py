@@ -260,9 +260,9 @@ def test_question_answering_server_answers_equal_predict(exports, tmp_path):
 def test_pair_models_take_text_pairs():
     from jaxft.serve.inputs import Limits, RequestError, validate
 
-    assert validate({"texts": [["a", "b"]]}, "sequence-classification", True, Limits()) == [("a", "b")]
+    assert validate({"texts": [["a", "b"]]}, "pair", Limits()) == [("a", "b")]
     with pytest.raises(RequestError, match=r"texts\[0\] must be a \[text, pair\] list"):
-        validate({"texts": ["a"]}, "sequence-classification", True, Limits())
+        validate({"texts": ["a"]}, "pair", Limits())
 
 
 # ---------------------------------------------------------------------------------------------- in process
@@ -270,7 +270,7 @@ def test_pair_models_take_text_pairs():
 class FakePredictor:
     """Stands in for a model: records the item lists of its calls."""
 
-    task, members, batch_sizes, buckets, pairs = "token-classification", 1, (1, 8), [16], False
+    task, item_kind, members, batch_sizes, buckets = "token-classification", "text", 1, (1, 8), [16]
 
     def __init__(self):
         self.calls, self.compilations = [], 0

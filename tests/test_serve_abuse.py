@@ -376,5 +376,5 @@ def test_deep_json_and_lone_surrogates_are_request_errors():
     assert err.value.status == 400 and err.value.code == "too_deeply_nested"
     for raw in (b'{"texts": ["a \\ud800"]}', b'{"texts": ["\xed\xa0\x80"]}'):
         with pytest.raises(RequestError) as err:
-            validate(parse_json(raw), "token-classification", False, Limits())
+            validate(parse_json(raw), "text", Limits())
         assert err.value.status == 422 and err.value.code == "invalid_text" and "texts[0]" in err.value.message

@@ -1,5 +1,11 @@
 """Train step, optimizer, batching and the loop: accumulation equivalence, bounded compiles, decay mask."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import optax
 import pytest
@@ -157,7 +163,7 @@ def test_sort_window_one_gives_plain_random_batches():
 
 
 def test_loop_compiles_at_most_once_per_bucket(tiny_bert, small_ner_file, tmp_path):
-    from jaxft.main import run
+    from jaxft.tasks.run import run
 
     config = tiny_ner_config(tiny_bert, small_ner_file, **{"train.num_epochs": 3})
     results = run(config, tmp_path)
@@ -198,7 +204,7 @@ def test_bfloat16_first_moment():
 
 
 def test_early_stopping_keeps_the_best_evaluation(tiny_bert, small_ner_file, tmp_path):
-    from jaxft.main import run
+    from jaxft.tasks.run import run
 
     # A learning rate this small leaves dev F1 where it starts: no evaluation improves on the first one.
     config = tiny_ner_config(tiny_bert, small_ner_file, **{"train.num_epochs": 5, "optim.learning_rate": 1e-12,
@@ -212,8 +218,6 @@ def test_early_stopping_keeps_the_best_evaluation(tiny_bert, small_ner_file, tmp
 def test_ema_follows_the_warmed_up_recurrence_and_skips_bad_steps(tiny_bert_no_dropout):
     import jax
     import jax.numpy as jnp
-
-    from jaxft.train.step import POISON_KEY
 
     model = jm.from_pretrained(tiny_bert_no_dropout, task=jm.TOKEN_CLASSIFICATION, num_labels=5, seed=1)
     parts, params, frozen, rng = split_model(model)
@@ -234,7 +238,13 @@ def test_ema_follows_the_warmed_up_recurrence_and_skips_bad_steps(tiny_bert_no_d
     assert max(float(np.abs(np.asarray(state["ema"][k]) - np.asarray(state["params"][k])).max())
                for k in expected) > 1e-5
     before = {k: np.asarray(v) for k, v in state["ema"].items()}
-    state, metrics = step(state, frozen, {**batch, POISON_KEY: jnp.float32(jnp.nan)})
+
+    def nan_loss(model, micro_batch):  # the same loss times the batch's "scale": NaN makes a bad step
+        loss_sum, count = ner_loss(model, {k: v for k, v in micro_batch.items() if k != "scale"})
+        return loss_sum * micro_batch["scale"], count
+
+    poisoned_step = make_train_step(parts, tx, nan_loss, ema_decay=0.9)
+    state, metrics = poisoned_step(state, frozen, {**batch, "scale": jnp.full((1,), jnp.nan, jnp.float32)})
     assert int(metrics["nonfinite"]) == 1
     for key in before:
         np.testing.assert_array_equal(np.asarray(state["ema"][key]), before[key], err_msg=key)
@@ -244,7 +254,7 @@ def test_ema_run_evaluates_and_exports_the_average_and_resumes_bit_identically(t
     import orbax.checkpoint as ocp
     from safetensors.numpy import load_file
 
-    from jaxft.main import run
+    from jaxft.tasks.run import run
 
     overrides = {"train.num_epochs": 3, "train.ema_decay": 0.9}
     whole = run(tiny_ner_config(tiny_bert, small_ner_file, **overrides), tmp_path / "whole")
@@ -262,3 +272,37 @@ def test_ema_run_evaluates_and_exports_the_average_and_resumes_bit_identically(t
     head = exported["whole"]["classifier.weight"]  # HF layout [labels, hidden] = our kernel transposed
     np.testing.assert_array_equal(head, np.asarray(best["ema"]["classifier.kernel"]).T)
     assert np.abs(head - np.asarray(best["params"]["classifier.kernel"]).T).max() > 1e-4
+
+
+def test_dropout_keys_change_training_and_reach_the_export(tiny_bert, small_ner_file, tmp_path):
+    """model.hidden_dropout / model.attention_dropout (None: the checkpoint's 0.1) change a seeded run's losses,
+    and the export's config.json carries the rates it was trained with; set from the command line too."""
+    from jaxft.tasks.run import run
+
+    overrides = {"train.max_steps": 10, "train.num_epochs": 1}
+    run(tiny_ner_config(tiny_bert, small_ner_file, **overrides), tmp_path / "checkpoint_rates")
+    repo = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxft.main", "--config", str(repo / "configs" / "ner.py"),
+         "--workdir", str(tmp_path / "no_dropout"), f"--config.model.name_or_path={tiny_bert}",
+         f"--config.data.train_file={small_ner_file}", "--config.data.max_length=64", "--config.train.batch_size=8",
+         "--config.optim.learning_rate=1e-3", "--config.train.progress_bar=False", "--config.train.log_every=5",
+         "--config.train.max_steps=10", "--config.train.num_epochs=1",
+         "--config.model.attention_dropout=0.0", "--config.model.hidden_dropout=0.0"],
+        capture_output=True, text=True, cwd=repo, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def losses(name):
+        lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [line["loss"] for line in lines if line["split"] == "train"]
+
+    assert len(losses("no_dropout")) == len(losses("checkpoint_rates")) == 2
+    assert all(abs(a - b) > 1e-4 for a, b in zip(losses("no_dropout"), losses("checkpoint_rates")))
+    exported = {name: json.loads((tmp_path / name / "export" / "config.json").read_text())
+                for name in ("no_dropout", "checkpoint_rates")}
+    assert exported["no_dropout"]["hidden_dropout_prob"] == 0.0
+    assert exported["no_dropout"]["attention_probs_dropout_prob"] == 0.0
+    assert exported["checkpoint_rates"]["hidden_dropout_prob"] == 0.1  # the checkpoint's own
+    assert exported["checkpoint_rates"]["attention_probs_dropout_prob"] == 0.1
+    resolved = json.loads((tmp_path / "no_dropout" / "config.json").read_text())
+    assert resolved["model"]["attention_dropout"] == 0.0 and resolved["model"]["hidden_dropout"] == 0.0

@@ -46,7 +46,7 @@ def wandb_history(run_file):
 
 def test_offline_wandb_run_logs_the_tensorboard_scalars(tmp_path, monkeypatch, tiny_bert, small_ner_file):
     from conftest import tiny_ner_config
-    from jaxft.main import run
+    from jaxft.tasks.run import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -1,18 +1,26 @@
-"""Data: read token-classification corpora, convert tag schemes, align words with sub-tokens."""
+"""Data: read corpora (NER, text classification, SQuAD), convert tag schemes, align words with sub-tokens,
+batch by length."""
 
 from jaxft.data.errors import DataError
-from jaxft.data.readers import (
+from jaxft.data.ner_encoding import (
+    IGNORE_INDEX,
+    Encoded,
+    TruncationReport,
+    encode_for_prediction,
+    encode_for_training,
+    gather_word_predictions,
+    prepare_tokenizer,
+)
+from jaxft.data.ner_readers import (
     BioSentences,
     Sentence,
-    packaged_minilm_path,
-    packaged_tweets_ner_path,
     read_conll,
     read_hf_dataset,
     read_sentences,
     read_table,
     sentences_to_bio,
-    split_fixed,
 )
+from jaxft.data.readers import packaged_minilm_path, packaged_tweets_ner_path, split_fixed, train_dev_test
 from jaxft.data.tags import (
     BioConversion,
     bio_label_list,
@@ -21,15 +29,6 @@ from jaxft.data.tags import (
     detect_scheme,
     entity_types,
     parse_tag,
-)
-from jaxft.data.tokenize import (
-    IGNORE_INDEX,
-    Encoded,
-    TruncationReport,
-    encode_for_prediction,
-    encode_for_training,
-    gather_word_predictions,
-    prepare_tokenizer,
 )
 
 __all__ = [
@@ -58,4 +57,5 @@ __all__ = [
     "read_table",
     "sentences_to_bio",
     "split_fixed",
+    "train_dev_test",
 ]

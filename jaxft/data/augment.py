@@ -58,7 +58,8 @@ import numpy as np
 
 from jaxft.config import AUGMENT_METHODS
 from jaxft.data.errors import DataError
-from jaxft.data.readers import Sentence, read_text
+from jaxft.data.ner_readers import Sentence
+from jaxft.data.readers import read_text
 from jaxft.data.tags import convert_to_bio, normalize_scheme
 
 log = logging.getLogger("jaxft.augment")

@@ -12,7 +12,9 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import jax
 
+IGNORE_INDEX = -100  # label of positions the loss and the metrics skip (padding, special tokens, unmasked)
 SORT_WINDOW_BATCHES = 50  # sort by length within windows of this many batches: little padding, still random
 
 
@@ -179,8 +181,6 @@ def collate_packed(rows: Sequence[Mapping[str, np.ndarray]], groups: Sequence[Se
 def map_packed(fn: Callable[[dict[str, np.ndarray]], Any], rows: Sequence[Mapping[str, np.ndarray]],
                num_rows: int, pack_length: int, pad_values: Mapping[str, int], position_offset: int = 0) -> list:
     """Like map_batches for per-token outputs, over packed rows; each example's output is cut back out."""
-    import jax
-
     lengths = [len(row["input_ids"]) for row in rows]
     outputs: list = [None] * len(rows)
     for groups in packed_epoch(lengths, num_rows, pack_length, seed=0, epoch=0, shuffle=False):

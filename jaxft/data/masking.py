@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE = -100
+from jaxft.data.batching import IGNORE_INDEX
+
 
 
 class Masked(NamedTuple):
     input_ids: jax.Array   # corrupted inputs
-    labels: jax.Array      # original id at selected positions, IGNORE elsewhere
+    labels: jax.Array      # original id at selected positions, IGNORE_INDEX elsewhere
 
 
 def max_predictions(length: int, probability: float) -> int:
@@ -78,16 +79,16 @@ def mask_tokens(key: jax.Array, input_ids: jax.Array, special_mask: jax.Array, w
     corrupted = jnp.where(selected & (kind < mask_fraction), mask_id, input_ids)
     corrupted = jnp.where(selected & (kind >= mask_fraction) & (kind < mask_fraction + random_fraction),
                           random_tokens.astype(input_ids.dtype), corrupted)
-    return Masked(corrupted, jnp.where(selected, input_ids, IGNORE))
+    return Masked(corrupted, jnp.where(selected, input_ids, IGNORE_INDEX))
 
 
 def prediction_slots(labels: jax.Array, slots: int) -> tuple[jax.Array, jax.Array]:
     """(positions [B, slots], targets [B, slots]): the first `slots` labelled positions of each row in order;
-    unused slots point at distinct other positions and have target IGNORE."""
+    unused slots point at distinct other positions and have target IGNORE_INDEX."""
     length = labels.shape[-1]
     score = jnp.where(labels >= 0, length - jnp.arange(length), 0)
     top, positions = jax.lax.top_k(score, slots)
-    targets = jnp.where(top > 0, jnp.take_along_axis(labels, positions, axis=-1), IGNORE)
+    targets = jnp.where(top > 0, jnp.take_along_axis(labels, positions, axis=-1), IGNORE_INDEX)
     return positions.astype(jnp.int32), targets
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from jaxft.data.errors import DataError
-from jaxft.data.readers import column_names_text, json_rows, jsonl_rows, packaged_path, parquet_rows, read_text
+from jaxft.data.readers import (column_names_text, hf_load_failure_message, hf_source_label, json_rows, jsonl_rows,
+                                packaged_path, parquet_rows, read_text)
 
 TEXT_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 COMPRESSIONS = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
@@ -170,9 +171,7 @@ def read_hf_text_dataset(name: str, config_name: str | None, split: str, text_co
                          ) -> tuple[list[TextExample], list[str] | None]:
     """One split of ``datasets.load_dataset(name, config_name, split=...)`` as TextExamples, and the label
     names when the label feature is a ClassLabel (or a sequence of them): integer labels become those names."""
-    import datasets
-
-    from jaxft.data.readers import hf_source_label, hf_load_failure_message
+    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
 
     try:
         dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
@@ -195,7 +194,7 @@ def read_hf_text_dataset(name: str, config_name: str | None, split: str, text_co
 
 
 def _class_names(feature: Any) -> list[str] | None:
-    import datasets
+    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
 
     feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) / List(ClassLabel)
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
@@ -323,9 +322,7 @@ def _flat_qa(where: str, row: dict) -> QAExample:
 
 def read_hf_squad(name: str, config_name: str | None, split: str, cache_dir=None, **load_kwargs) -> list[QAExample]:
     """One split of a hub dataset in the squad layout (squad, squad_v2, ...)."""
-    import datasets
-
-    from jaxft.data.readers import hf_source_label, hf_load_failure_message
+    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
 
     try:
         dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)

@@ -1,16 +1,7 @@
-"""Evaluation: NER metrics, entity decoding, and run reports."""
+"""Evaluation: task metrics (NER with seqeval, classification, SQuAD), entity decoding, run reports."""
 
-from jaxft.evaluate.metrics import decode_entities, ner_metrics, word_char_offsets
-from jaxft.evaluate.reports import (MetricsWriter, ProgressBar, plot_training_curves,
-                                    print_results_table, read_metrics)
+from jaxft.evaluate.ner_metrics import decode_entities, ner_metrics, word_char_offsets
+from jaxft.evaluate.reports import plot_training_curves, print_results_table, read_metrics
 
-__all__ = [
-    "MetricsWriter",
-    "ProgressBar",
-    "decode_entities",
-    "ner_metrics",
-    "plot_training_curves",
-    "print_results_table",
-    "read_metrics",
-    "word_char_offsets",
-]
+__all__ = ["decode_entities", "ner_metrics", "plot_training_curves", "print_results_table", "read_metrics",
+           "word_char_offsets"]

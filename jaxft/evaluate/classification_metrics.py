@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, precision_score, recall_score
 
 THRESHOLD_GRID = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
 def _per_class(true, pred, labels: Sequence[str], multi_label: bool = False) -> dict:
-    from sklearn.metrics import precision_recall_fscore_support
 
     kwargs = {} if multi_label else {"labels": list(range(len(labels)))}
     precision, recall, f1, support = precision_recall_fscore_support(true, pred, average=None,
@@ -25,14 +26,12 @@ def _per_class(true, pred, labels: Sequence[str], multi_label: bool = False) -> 
 
 
 def _averaged_f1(true, pred, average: str, labels=None) -> float:
-    from sklearn.metrics import f1_score
     return float(f1_score(true, pred, average=average, labels=labels, zero_division=0))
 
 
 def single_label_metrics(true_ids: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict:
     """Accuracy, macro/micro/weighted F1, macro precision/recall, per-class report and confusion matrix
     (rows: true label, columns: predicted, in `labels` order) from class probabilities [N, K]."""
-    from sklearn.metrics import confusion_matrix, precision_score, recall_score
 
     true = np.asarray(true_ids, dtype=int)
     pred = np.asarray(probs).argmax(-1) if len(true) else np.zeros(0, int)
@@ -79,7 +78,6 @@ def multi_label_metrics(true_multi_hot: np.ndarray, probs: np.ndarray, labels: S
 def tune_threshold(true_multi_hot: np.ndarray, probs: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID) -> float:
     """The threshold of `grid` with the best micro F1; among ties the one nearest 0.5, so that a flat
     optimum keeps the conventional value."""
-    from sklearn.metrics import f1_score
 
     true = np.asarray(true_multi_hot, dtype=int)
     probs = np.asarray(probs)
@@ -93,7 +91,6 @@ def tune_threshold(true_multi_hot: np.ndarray, probs: np.ndarray, grid: Sequence
 def regression_metrics(targets: Sequence[float], predictions: Sequence[float]) -> dict:
     """MSE, RMSE, MAE, Pearson and Spearman correlation. A constant prediction (or target) has no defined
     correlation; it is reported as 0.0 so that it never looks better than a real one."""
-    from scipy.stats import pearsonr, spearmanr
 
     y = np.asarray(targets, dtype=np.float64)
     p = np.asarray(predictions, dtype=np.float64)
@@ -114,7 +111,7 @@ def regression_metrics(targets: Sequence[float], predictions: Sequence[float]) -
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], png_path,
                           title: str = "confusion matrix") -> Path:
     """Counts with row-normalised shading (rows: true label, columns: predicted)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib loads only where a plot is drawn
 
     counts = np.asarray(matrix, dtype=float)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)

@@ -12,6 +12,8 @@ import dataclasses
 import json
 from typing import Any
 
+from jaxft.models.activations import ACTIVATIONS
+
 
 class UnsupportedModelError(ValueError):
     """A config.json whose model_type or settings jaxft cannot build."""
@@ -26,6 +28,8 @@ class Family:
     sequence_head: str          # "pooler_tanh" | "dense_tanh" | "dense_gelu" | "pre_classifier_relu"
     # (our BERT-style name, the family's checkpoint name) substitutions, applied on dotted keys.
     key_renames: tuple[tuple[str, str], ...] = ()
+    # config.json fields of the dropout rates that model.hidden_dropout / model.attention_dropout override
+    dropout_fields: tuple[str, str] = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 _DISTILBERT_RENAMES = (
@@ -48,10 +52,9 @@ FAMILIES: dict[str, Family] = {
     "camembert": Family("roberta", "Camembert", "after_padding", True, "dense_tanh"),
     "electra": Family("electra", "Electra", "absolute", True, "dense_gelu"),
     "distilbert": Family("distilbert", "DistilBert", "absolute", False, "pre_classifier_relu",
-                         _DISTILBERT_RENAMES),
+                         _DISTILBERT_RENAMES, ("dropout", "attention_dropout")),
 }
 
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +82,6 @@ class EncoderConfig:
     @property
     def family(self) -> Family:
         return FAMILIES[self.model_type]
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "EncoderConfig":
@@ -149,13 +148,28 @@ class EncoderConfig:
         if self.hidden_size % self.num_heads:
             raise UnsupportedModelError(
                 f"{source}: hidden size {self.hidden_size} is not divisible by {self.num_heads} heads")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise UnsupportedModelError(
-                f"{source}: activation {self.hidden_act!r} is not supported ({', '.join(SUPPORTED_ACTIVATIONS)})")
+                f"{source}: activation {self.hidden_act!r} is not supported ({', '.join(ACTIVATIONS)})")
         position_type = hf.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise UnsupportedModelError(
                 f"{source}: position_embedding_type {position_type!r} is not supported (only 'absolute')")
+
+
+def with_dropout(hf: dict[str, Any], hidden: float | None, attention: float | None) -> dict[str, Any]:
+    """The config.json with the family's dropout fields set (None keeps the checkpoint's value): what a run
+    trains with and writes into its export."""
+    family = FAMILIES.get(hf.get("model_type"))
+    if family is None or (hidden is None and attention is None):
+        return hf
+    hidden_field, attention_field = family.dropout_fields
+    updated = dict(hf)
+    if hidden is not None:
+        updated[hidden_field] = float(hidden)
+    if attention is not None:
+        updated[attention_field] = float(attention)
+    return updated
 
 
 def read_hf_config(path: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxft.models.activations import activation
 from jaxft.models.config import EncoderConfig
 
 INIT_STD = 0.02  # Hugging Face's initializer_range for every family here
@@ -38,14 +39,6 @@ def embed(num: int, features: int, axes: tuple, *, dtype, rngs: nnx.Rngs) -> nnx
     return nnx.Embed(num, features, dtype=dtype, param_dtype=jnp.float32,
                      embedding_init=nnx.initializers.normal(INIT_STD),
                      embedding_metadata=_axes(*axes), rngs=rngs)
-
-
-def activation(name: str):
-    if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return lambda x: jax.nn.gelu(x, approximate=True)
-    return {"relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu, "tanh": jnp.tanh}[name]
 
 
 def default_position_ids(config: EncoderConfig, input_ids: jax.Array) -> jax.Array:

@@ -14,15 +14,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxft.config import PROBLEM_TYPES
+from jaxft.models.activations import activation
 from jaxft.models.config import EncoderConfig
-from jaxft.models.encoder import Encoder, activation, dense, layer_norm
+from jaxft.models.encoder import Encoder, dense, layer_norm
+from jaxft.models.paths import get_module, split_dotted
 
 TOKEN_CLASSIFICATION = "token-classification"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 QUESTION_ANSWERING = "question-answering"
 MASKED_LM = "masked-lm"
-TASKS = (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM)
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+BARE_ENCODER_SUFFIX = "Model"  # BertModel, RobertaModel, ...: no task head
 
 
 class TaskModel(nnx.Module):
@@ -212,10 +214,7 @@ class ForMaskedLM(TaskModel):
         setattr(node, name, module)
 
     def _find(self, dotted: str):
-        node = self
-        for part in dotted.split("."):
-            node = getattr(node, part)
-        return node
+        return get_module(self, split_dotted(dotted))
 
     def head(self, hidden):
         """Hidden states [..., hidden] -> vocabulary logits [..., vocab] (float32)."""
@@ -239,18 +238,30 @@ class ForMaskedLM(TaskModel):
         return self.head(hidden)
 
 
-TASK_MODELS = {
-    TOKEN_CLASSIFICATION: ForTokenClassification,
-    SEQUENCE_CLASSIFICATION: ForSequenceClassification,
-    QUESTION_ANSWERING: ForQuestionAnswering,
-    MASKED_LM: ForMaskedLM,
-}
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """A task head: its module, the suffix of its Hugging Face class name (BertFor...) and peft's task_type.
+    A new head is one entry here; tasks (jaxft/tasks/) name the head they train."""
 
-# Hugging Face class-name suffix per task, for config.json "architectures".
-HF_ARCHITECTURE_SUFFIX = {
-    None: "Model",
-    TOKEN_CLASSIFICATION: "ForTokenClassification",
-    SEQUENCE_CLASSIFICATION: "ForSequenceClassification",
-    QUESTION_ANSWERING: "ForQuestionAnswering",
-    MASKED_LM: "ForMaskedLM",
-}
+    task: str
+    module: type[TaskModel]
+    architecture_suffix: str
+    peft_task_type: str | None
+
+
+HEADS: dict[str, Head] = {head.task: head for head in (
+    Head(TOKEN_CLASSIFICATION, ForTokenClassification, "ForTokenClassification", "TOKEN_CLS"),
+    Head(SEQUENCE_CLASSIFICATION, ForSequenceClassification, "ForSequenceClassification", "SEQ_CLS"),
+    Head(QUESTION_ANSWERING, ForQuestionAnswering, "ForQuestionAnswering", "QUESTION_ANS"),
+    Head(MASKED_LM, ForMaskedLM, "ForMaskedLM", None),
+)}
+TASKS = tuple(HEADS)
+BARE_ENCODER_PEFT_TASK_TYPE = "FEATURE_EXTRACTION"
+
+
+def head_for_architecture(architecture: str) -> Head | None:
+    """The head of a Hugging Face class name ("BertForTokenClassification"), None if it has none we build."""
+    for head in HEADS.values():
+        if architecture.endswith(head.architecture_suffix):
+            return head
+    return None

@@ -12,19 +12,21 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, serialization
+from safetensors import SafetensorError
+from safetensors.flax import load_file as load_flax_tensors
+from safetensors.numpy import load_file, save_file
 
-from jaxft import faults
-from jaxft.models.config import EncoderConfig, read_hf_config
+from jaxft.files import write_folder
+from jaxft.models.config import EncoderConfig, UnsupportedModelError, read_hf_config, with_dropout
 from jaxft.models.encoder import Encoder
-from jaxft.models.heads import (HF_ARCHITECTURE_SUFFIX, MASKED_LM, SEQUENCE_CLASSIFICATION, TASK_MODELS, TASKS,
-                                QUESTION_ANSWERING, ForMaskedLM, TaskModel)
+from jaxft.models.heads import (BARE_ENCODER_SUFFIX, HEADS, MASKED_LM, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION,
+                                TASKS, ForMaskedLM, TaskModel, head_for_architecture)
 
 log = logging.getLogger("jaxft.models")
 
@@ -62,8 +64,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, cache_dir: str | None 
 
 
 def _download_from_hub(repo_id: str, *, cache_dir: str | None, revision: str | None) -> Path:
-    import huggingface_hub
-    from huggingface_hub import constants
+    import huggingface_hub  # the hub client only when a hub id is asked for
+    from huggingface_hub import constants  # (ditto)
 
     def fetch(local_only: bool, patterns) -> Path:
         return Path(huggingface_hub.snapshot_download(
@@ -103,8 +105,6 @@ def read_checkpoint(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -114,9 +114,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors_via_jax(path: Path, cause: Exception) -> dict[str, np.ndarray]:
-    from safetensors.flax import load_file
     try:
-        return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(str(path)).items()}
+        return {k: np.asarray(v, dtype=np.float32) for k, v in load_flax_tensors(str(path)).items()}
     except Exception as err:
         raise ModelLoadError(f"{path}: not a readable safetensors file ({cause}; {err})") from None
 
@@ -145,7 +144,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     object, e.g. a __reduce__ that would run code, is refused). There is no switch to read it fully.
     predict/serve's safetensors_only refuses pickles altogether."""
     try:
-        import torch
+        import torch  # optional: only pickled PyTorch checkpoints need it
     except ImportError:
         raise ModelLoadError(
             f"{path}: a PyTorch pickle checkpoint needs torch installed to read (safely, weights only); "
@@ -158,7 +157,6 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
-    from flax import serialization
     try:
         tree = serialization.msgpack_restore(path.read_bytes())
     except Exception as err:
@@ -227,12 +225,15 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
                     id2label: dict[int, str] | list[str] | None = None, problem_type: str | None = None,
                     dtype: Any = jnp.float32, seed: int = 0, ignore_mismatched_sizes: bool = False,
                     cache_dir: str | None = None, revision: str | None = None, remat: str = "none",
+                    hidden_dropout: float | None = None, attention_dropout: float | None = None,
                     output_loading_info: bool = False):
     """Build a jaxft model from a Hugging Face folder or hub id and load its weights.
 
     task: "token-classification", "sequence-classification", "question-answering", "masked-lm", or None for the bare
     encoder. Labels come from `id2label` (or `num_labels`), else from the checkpoint's config.json.
     remat: "none", "full" or "dots_saveable" rematerialisation of each encoder layer in the backward pass.
+    hidden_dropout / attention_dropout: override the checkpoint's dropout rates (None keeps them); the model's
+    config.json, and so its export, carries the rates it was built with.
     A head absent from the checkpoint is initialised fresh and reported, as transformers does.
     """
     if task not in (None, *TASKS):
@@ -241,7 +242,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
     config_path = folder / "config.json"
     if not config_path.exists():
         raise ModelLoadError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    hf_config = read_hf_config(str(config_path))
+    hf_config = with_dropout(read_hf_config(str(config_path)), hidden_dropout, attention_dropout)
     config = EncoderConfig.from_hf(hf_config, source=str(config_path))
     labels = _resolve_labels(task, hf_config, num_labels, id2label)
     dtype = jnp.dtype(dtype)
@@ -297,10 +298,11 @@ def _build(config, task, labels, hf_config, problem_type, dtype, seed, remat) ->
     if task is None:
         return Encoder(config, add_pooler=config.family.sequence_head == "pooler_tanh", dtype=dtype,
                        hf_config_json=hf_json, remat=remat, rngs=rngs)
+    module = HEADS[task].module
     if task == SEQUENCE_CLASSIFICATION:
         problem_type = problem_type or hf_config.get("problem_type") or "single_label_classification"
-        return TASK_MODELS[task](config, labels, hf_json, problem_type, dtype=dtype, remat=remat, rngs=rngs)
-    return TASK_MODELS[task](config, labels, hf_json, dtype=dtype, remat=remat, rngs=rngs)
+        return module(config, labels, hf_json, problem_type, dtype=dtype, remat=remat, rngs=rngs)
+    return module(config, labels, hf_json, dtype=dtype, remat=remat, rngs=rngs)
 
 
 def _build_masked_lm(config, hf_config, checkpoint, dtype, seed, remat) -> ForMaskedLM:
@@ -381,7 +383,8 @@ def _log_report(report: LoadReport, folder: Path, task: str | None) -> None:
 def hf_config_for(model: nnx.Module) -> dict[str, Any]:
     hf_config = json.loads(model.hf_config_json)
     task = getattr(model, "task", None)
-    hf_config["architectures"] = [model.config.family.class_stem + HF_ARCHITECTURE_SUFFIX[task]]
+    suffix = HEADS[task].architecture_suffix if task else BARE_ENCODER_SUFFIX
+    hf_config["architectures"] = [model.config.family.class_stem + suffix]
     if isinstance(model, TaskModel) and task not in (QUESTION_ANSWERING, MASKED_LM):
         hf_config["id2label"] = {str(i): label for i, label in enumerate(model.labels)}
         hf_config["label2id"] = {label: i for i, label in enumerate(model.labels)}
@@ -391,23 +394,41 @@ def hf_config_for(model: nnx.Module) -> dict[str, Any]:
     return hf_config
 
 
-def save_pretrained(model: nnx.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
+def save_pretrained(model: nnx.Module, folder: str | os.PathLike, tokenizer=None, *,
+                    on_file: Callable[[Path], None] | None = None) -> Path:
     """Write config.json, model.safetensors (and the tokenizer) so PyTorch `transformers` loads them.
 
-    Files are written to a temporary folder next to the target and moved in one by one with os.replace,
-    so an interrupted save never leaves a half-written weights file under its real name.
+    Files are written to a temporary folder next to the target and moved in one by one (jaxft.files), so an
+    interrupted save never leaves a half-written weights file under its real name. `on_file(path)` is called
+    after each file is in place (the trainer's export hook).
     """
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.tmp-") as tmp:
-        tmp = Path(tmp)
+    def write(tmp: Path) -> None:
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_for(model), indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        for item in tmp.iterdir():
-            os.replace(item, folder / item.name)
-            faults.reached("export")  # fault-injection point of the preemption tests (jaxft.faults)
-    return folder
+
+    return write_folder(folder, write, on_file)
+
+
+# ---------------------------------------------------------------------------------------------- which task
+
+def task_of(name_or_path: str | os.PathLike) -> str:
+    """The task of an exported model folder (or hub id), from its config.json "architectures"; a one-line
+    error for a bare encoder or an architecture without a jaxft head."""
+    folder = resolve_model_dir(name_or_path)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
+    architectures = read_hf_config(str(config_path)).get("architectures") or []
+    if not architectures:
+        raise ModelLoadError(f"{config_path}: no \"architectures\" entry, so the model's task is unknown")
+    name = str(architectures[0])
+    head = head_for_architecture(name)
+    if head is not None:
+        return head.task
+    known = ", ".join(f"*{h.architecture_suffix}" for h in HEADS.values())
+    if name.endswith(BARE_ENCODER_SUFFIX):
+        raise UnsupportedModelError(f"{config_path}: {name} is a bare encoder without a task head; predict, serve "
+                                    f"and explain need an export of a fine-tuned model ({known})")
+    raise UnsupportedModelError(f"{config_path}: architecture {name!r} has no jaxft task head (known: {known})")

@@ -13,7 +13,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | None = N
     A tokenizer.json may carry a fixed padding or truncation (the packaged MiniLM pads to 128); both are
     switched off here so that every caller states the padding it wants.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers takes seconds to import: only when a tokenizer loads
 
     folder = resolve_model_dir(name_or_path, cache_dir=cache_dir)
     try:

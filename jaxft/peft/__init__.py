@@ -15,7 +15,7 @@ orthogonality penalty in the loss (both would fit here), per-triplet importance 
 moving averages of |w * grad| across steps and a global top-k mask applied to E every few steps on a
 budget schedule. That state and that post-update masking belong to the optimizer (an optax transform that
 sees grads and params, whose state then lands in checkpoints and must be sharded like E), i.e. a change
-in train/optim.py and the checkpoint layout rather than an add-on in this package; left for a follow-up.
+in train/optim.py and the checkpoint layout rather than an add-on in this package.
 """
 
 from jaxft.peft.export import (from_peft_pretrained, load_peft_adapter, load_with_peft, save_merged,

@@ -15,18 +15,23 @@ import collections
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
+from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
-from jaxft.models.heads import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, TaskModel
-from jaxft.models.hf import hf_key, save_pretrained
-from jaxft.peft.lora import LoraLinear, PeftParam, dotted, linear_modules, merge, set_module
+from jaxft.config import ConfigError
+from jaxft.files import write_folder, write_json
+from jaxft.models.heads import (BARE_ENCODER_PEFT_TASK_TYPE, HEADS, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION,
+                                TOKEN_CLASSIFICATION, TaskModel)
+from jaxft.models.hf import from_pretrained, hf_key, save_pretrained
+from jaxft.models.paths import dotted, set_module
+from jaxft.peft.lora import LoraLinear, PeftParam, linear_modules, merge
 from jaxft.peft.methods import LORA_METHODS, PeftConfig, apply_peft, head_modules, peft_info
 
 PEFT_PREFIX = "base_model.model."
@@ -35,12 +40,21 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LABELS_FILE = "labels.json"            # our sidecar: the head's labels (peft's format has no place for them)
 JAXFT_PEFT_CONFIG = "jaxft_peft.json"  # non-mergeable methods: our config + weights next to the HF files
 JAXFT_PEFT_WEIGHTS = "jaxft_peft.safetensors"
-TASK_TYPES = {TOKEN_CLASSIFICATION: "TOKEN_CLS", SEQUENCE_CLASSIFICATION: "SEQ_CLS",
-              QUESTION_ANSWERING: "QUESTION_ANS", None: "FEATURE_EXTRACTION"}
 
 
 class AdapterFormatError(ValueError):
     """An adapter folder that cannot be read onto this model."""
+
+
+def peft_task_type(model: nnx.Module) -> str | None:
+    """peft's task_type for the model's head (FEATURE_EXTRACTION for a bare encoder)."""
+    task = getattr(model, "task", None)
+    return HEADS[task].peft_task_type if task else BARE_ENCODER_PEFT_TASK_TYPE
+
+
+def task_for_peft_type(task_type: str | None) -> str | None:
+    """The head an adapter's task_type names; None (the bare encoder) for FEATURE_EXTRACTION or no type."""
+    return next((head.task for head in HEADS.values() if task_type and head.peft_task_type == task_type), None)
 
 
 def _np(value) -> np.ndarray:
@@ -53,24 +67,10 @@ def hf_module_name(model: nnx.Module, path: tuple) -> str:
     return key[: -len(".weight")]
 
 
-def _write_folder(folder: Path, write) -> Path:
-    """Write files into a temporary sibling folder, then move them in one by one (no half-written files)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.tmp-") as tmp:
-        write(Path(tmp))
-        for item in Path(tmp).iterdir():
-            os.replace(item, folder / item.name)
-    return folder
-
-
 # ---------------------------------------------------------------------------------------------- trained -> model
 
 def load_trained(model: nnx.Module, parts, trainable: dict, frozen: dict) -> nnx.Module:
-    """Write a Trainer's flat parameter dicts back into the live model: base params *and* PEFT params
-    (train.state.load_into_model writes nnx.Param only)."""
-    import jax
-
+    """Write a Trainer's flat parameter dicts back into the live model: base params *and* PEFT params."""
     rng = {}
     for path, variable in parts.templates[2]:
         value = variable.get_value()
@@ -83,17 +83,19 @@ def load_trained(model: nnx.Module, parts, trainable: dict, frozen: dict) -> nnx
 
 # ---------------------------------------------------------------------------------------------- merged export
 
-def save_merged(model: nnx.Module, folder, tokenizer=None) -> Path:
+OnFile = Callable[[Path], None]  # called after each exported file is in place (the trainer's export hook)
+
+
+def save_merged(model: nnx.Module, folder, tokenizer=None, *, on_file: OnFile | None = None) -> Path:
     """LoRA/DoRA folded into the base weights, saved as an ordinary HF folder (PyTorch transformers loads it)."""
-    return save_pretrained(merge(model), folder, tokenizer=tokenizer)
+    return save_pretrained(merge(model), folder, tokenizer=tokenizer, on_file=on_file)
 
 
 # ---------------------------------------------------------------------------------------------- peft format out
 
-def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=None) -> Path:
+def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=None,
+                      on_file: OnFile | None = None) -> Path:
     """peft's adapter folder for a LoRA/DoRA model: `PeftModel.from_pretrained(base, folder)` loads it."""
-    from safetensors.numpy import save_file
-
     info = peft_info(model)
     if info is None or info["method"] not in LORA_METHODS:
         raise ValueError("save_peft_adapter needs a model with LoRA or DoRA applied (apply_peft or "
@@ -127,7 +129,7 @@ def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=N
             tensors[PEFT_PREFIX + key] = np.ascontiguousarray(array.T if transpose else array)
             saved_hf.add(key.rsplit(".", 1)[0])
     config = {
-        "peft_type": "LORA", "task_type": TASK_TYPES.get(getattr(model, "task", None)),
+        "peft_type": "LORA", "task_type": peft_task_type(model),
         "base_model_name_or_path": str(base_model), "revision": None, "inference_mode": True,
         "r": rank, "lora_alpha": alpha, "lora_dropout": float(info.get("dropout", 0.0)),
         "target_modules": sorted(targets), "modules_to_save": sorted(saved_hf) or None,
@@ -145,7 +147,7 @@ def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=N
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
 
-    return _write_folder(folder, write)
+    return write_folder(folder, write, on_file)
 
 
 # ---------------------------------------------------------------------------------------------- peft format in
@@ -163,10 +165,9 @@ def read_adapter(folder) -> tuple[dict, dict[str, np.ndarray]]:
     if config.get("peft_type") != "LORA":
         raise AdapterFormatError(f"{folder}: peft_type {config.get('peft_type')!r}; only LORA adapters load here")
     if (folder / ADAPTER_WEIGHTS).exists():
-        from safetensors.numpy import load_file
         weights = load_file(str(folder / ADAPTER_WEIGHTS))
     elif (folder / "adapter_model.bin").exists():
-        import torch
+        import torch  # optional: only pickled adapters (adapter_model.bin) need it
         weights = {k: v.float().numpy() for k, v in
                    torch.load(str(folder / "adapter_model.bin"), map_location="cpu", weights_only=True).items()}
     else:
@@ -287,14 +288,12 @@ def _load_other_keys(model, other: dict, folder, prefix) -> None:
 def from_peft_pretrained(adapter_folder, base_model: str | None = None, task: str | None = "infer", *,
                          id2label=None, dtype=jnp.float32):
     """Base model (adapter_config's base_model_name_or_path unless given) + the adapter, as one jaxft model."""
-    from jaxft.models import from_pretrained
-
     config, weights = read_adapter(adapter_folder)
     base = base_model or config.get("base_model_name_or_path")
     if not base:
         raise AdapterFormatError(f"{adapter_folder}: no base_model_name_or_path; pass base_model=")
     if task == "infer":
-        task = {v: k for k, v in TASK_TYPES.items()}.get(config.get("task_type"))
+        task = task_for_peft_type(config.get("task_type"))
     labels_path = Path(adapter_folder) / LABELS_FILE
     if id2label is None and labels_path.exists():
         id2label = json.loads(labels_path.read_text())
@@ -311,27 +310,22 @@ def from_peft_pretrained(adapter_folder, base_model: str | None = None, task: st
 
 # ---------------------------------------------------------------------------------------------- our own format
 
-def save_peft_state(model: nnx.Module, folder, tokenizer=None) -> Path:
+def save_peft_state(model: nnx.Module, folder, tokenizer=None, *, on_file: OnFile | None = None) -> Path:
     """Methods that cannot merge (adapters, prefixes): the HF folder of base + trained head, plus our PEFT
     config and weights next to it. `load_with_peft(folder)` rebuilds the exact model."""
-    from safetensors.numpy import save_file
-
     info = peft_info(model)
-    save_pretrained(model, folder, tokenizer=tokenizer)
+    save_pretrained(model, folder, tokenizer=tokenizer, on_file=on_file)
     tensors = {dotted(p): _np(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, PeftParam))}
 
     def write(tmp: Path):
         save_file(tensors, str(tmp / JAXFT_PEFT_WEIGHTS))
         (tmp / JAXFT_PEFT_CONFIG).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
-    return _write_folder(folder, write)
+    return write_folder(folder, write, on_file)
 
 
 def load_with_peft(folder, task: str | None = None, **kwargs) -> nnx.Module:
     """from_pretrained, then (if the folder holds jaxft_peft.*) the PEFT method and its trained weights."""
-    from jaxft.models import from_pretrained
-    from safetensors.numpy import load_file
-
     model = from_pretrained(folder, task=task, **kwargs)
     config_path = Path(folder) / JAXFT_PEFT_CONFIG
     if not config_path.exists():
@@ -351,7 +345,7 @@ def load_with_peft(folder, task: str | None = None, **kwargs) -> nnx.Module:
 
 
 def export_model(model: nnx.Module, workdir: Path, *, base_model: str, tokenizer=None,
-                 adapter: bool = True) -> dict[str, str]:
+                 adapter: bool = True, on_file: OnFile | None = None) -> dict[str, str]:
     """The run's exports: `export/` loads in transformers (merged LoRA/DoRA, or the model itself for
     full/BitFit), plus `export_adapter/` in peft's format for LoRA/DoRA. Adapters and prefixes, which do not
     merge, go to `export/` as base + head with jaxft_peft.* beside them (load with load_with_peft)."""
@@ -359,14 +353,14 @@ def export_model(model: nnx.Module, workdir: Path, *, base_model: str, tokenizer
     method = info["method"] if info else "none"
     out = {}
     if method in LORA_METHODS:
-        out["export"] = str(save_merged(model, workdir / "export", tokenizer))
+        out["export"] = str(save_merged(model, workdir / "export", tokenizer, on_file=on_file))
         if adapter:
             out["export_adapter"] = str(save_peft_adapter(model, workdir / "export_adapter", base_model=base_model,
-                                                          tokenizer=tokenizer))
+                                                          tokenizer=tokenizer, on_file=on_file))
     elif any(True for _ in nnx.to_flat_state(nnx.state(model, PeftParam))):
-        out["export"] = str(save_peft_state(model, workdir / "export", tokenizer))
+        out["export"] = str(save_peft_state(model, workdir / "export", tokenizer, on_file=on_file))
     else:
-        out["export"] = str(save_pretrained(model, workdir / "export", tokenizer=tokenizer))
+        out["export"] = str(save_pretrained(model, workdir / "export", tokenizer=tokenizer, on_file=on_file))
     return out
 
 
@@ -387,8 +381,6 @@ def base_fingerprint(frozen: dict) -> str:
 def record_base(workdir: Path, frozen: dict, *, base_model: str, method: str, resuming: bool) -> dict:
     """The checkpoints of a PEFT run hold only trainable state; this file names the base they restore onto
     and fingerprints its frozen weights. Resuming onto a different base is refused."""
-    from jaxft.config import ConfigError
-
     path = Path(workdir) / BASE_FILE
     record = {"base_model": str(base_model), "method": method, "frozen_params": len(frozen),
               "frozen_sha256": base_fingerprint(frozen)}
@@ -398,7 +390,5 @@ def record_base(workdir: Path, frozen: dict, *, base_model: str, method: str, re
             raise ConfigError(f"{workdir}: its checkpoints were trained on base {old.get('base_model')!r} "
                               f"(frozen weights sha256 {old.get('frozen_sha256', '')[:12]}), but this run's base "
                               f"{record['base_model']!r} has {record['frozen_sha256'][:12]}: use a new workdir")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, record)
     return record

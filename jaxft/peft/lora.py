@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxft.config import ADAPTER_ACTIVATIONS
+from jaxft.models.activations import activation
+from jaxft.models.paths import dotted, set_module
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -74,12 +78,11 @@ def lora_scaling(rank: int, alpha: float, rslora: bool) -> float:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def low_rank_product(x: jax.Array, a: jax.Array, b: jax.Array, scaling: float) -> jax.Array:
-    """s * (x A) B with autodiff's gradient, written out by hand. XLA:CPU fused the producer of the incoming
-    cotangent (GELU's derivative, after `intermediate.dense`) into the transposed copy that the B gradient
-    reads, recomputing it in cache-hostile order: 6 such copies took ~0.65 s of a 2.3 s MiniLM train step
-    (idle, 32 x 128). The barrier stops that; the step fell to 1.75 s, and to 1.68 s with x behind the
-    barrier too. XLA still computes GELU itself into the transposed copy of x that the A gradient of
-    `output.dense` reads (6 copies, ~0.27 s), which the barrier does not prevent."""
+    """s * (x A) B with autodiff's gradient, written out by hand. The optimization barrier in the backward keeps
+    XLA:CPU from fusing the producer of the incoming cotangent (GELU's derivative, after `intermediate.dense`)
+    into the transposed copy that the B gradient reads, which it would recompute in cache-hostile order. It
+    does not keep XLA from computing GELU itself into the transposed copy of x that the A gradient of
+    `output.dense` reads. (Measured step times: benchmarks/results/HISTORY.md.)"""
     return low_rank_product_fwd(x, a, b, scaling)[0]
 
 
@@ -160,10 +163,6 @@ class LoraLinear(WrappedLinear):
         return merged.astype(self.kernel[...].dtype)
 
 
-ACTIVATIONS: dict[str, Callable] = {"relu": jax.nn.relu, "swish": jax.nn.silu, "silu": jax.nn.silu,
-                                    "gelu": lambda x: jax.nn.gelu(x, approximate=False), "tanh": jnp.tanh}
-
-
 class AdapterLinear(WrappedLinear):
     """nnx.Linear followed by a residual bottleneck adapter (Houlsby / Pfeiffer): h + up(act(down(h))).
 
@@ -173,8 +172,8 @@ class AdapterLinear(WrappedLinear):
                  rngs: nnx.Rngs):
         if size <= 0:
             raise ValueError(f"adapter size must be > 0, got {size}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"adapter activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if activation not in ADAPTER_ACTIVATIONS:
+            raise ValueError(f"adapter activation {activation!r} is not one of {', '.join(ADAPTER_ACTIVATIONS)}")
         self._adopt(base)
         self.adapter_size, self.activation = int(size), activation
         out_axis = kernel_axes(base)[1]
@@ -190,35 +189,16 @@ class AdapterLinear(WrappedLinear):
         h_c, down, down_b, up, up_b = self.promote_dtype(
             (h, self.adapter_down[...], self.adapter_down_bias[...], self.adapter_up[...], self.adapter_up_bias[...]),
             dtype=self.dtype)
-        return h + (ACTIVATIONS[self.activation](h_c @ down + down_b) @ up + up_b).astype(h.dtype)
+        return h + (activation(self.activation)(h_c @ down + down_b) @ up + up_b).astype(h.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- module surgery
-
-def dotted(path) -> str:
-    return ".".join(str(p) for p in path)
-
 
 def linear_modules(model: nnx.Module) -> Iterator[tuple[tuple, nnx.Linear]]:
     """(path, layer) for every nnx.Linear in the model (wrapped ones included), in a stable order."""
     for path, module in nnx.iter_modules(model):
         if isinstance(module, nnx.Linear):
             yield tuple(path), module
-
-
-def get_module(model: nnx.Module, path: tuple):
-    node = model
-    for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-    return node
-
-
-def set_module(model: nnx.Module, path: tuple, new) -> None:
-    parent = get_module(model, path[:-1])
-    if isinstance(path[-1], int):
-        parent[path[-1]] = new
-    else:
-        setattr(parent, path[-1], new)
 
 
 def merge(model: nnx.Module, *, inplace: bool = False) -> nnx.Module:

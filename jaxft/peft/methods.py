@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxft.models.encoder import SelfAttention
-from jaxft.peft.lora import (AdapterLinear, LoraLinear, PeftParam, dotted, get_module, kernel_axes,
-                             linear_modules, peft_param, set_module)
+from jaxft.models.paths import dotted, set_module
+from jaxft.peft.lora import AdapterLinear, LoraLinear, PeftParam, kernel_axes, linear_modules, peft_param
 
 METHODS = ("none", "lora", "dora", "bitfit", "houlsby", "pfeiffer", "prefix")
 LORA_METHODS = ("lora", "dora")
@@ -247,4 +247,4 @@ def count_params(model: nnx.Module, trainable) -> tuple[int, int]:
 
 
 __all__ = ["METHODS", "PeftConfig", "PrefixSelfAttention", "apply_peft", "peft_info", "count_params",
-           "module_rule", "head_modules", "get_module"]
+           "module_rule", "head_modules"]

@@ -26,6 +26,15 @@ import sys
 import threading
 import time
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from jaxft import runtime
+from jaxft.errors import USER_ERRORS
+from jaxft.predict import load_predictor
 from jaxft.serve.batcher import DynamicBatcher
 from jaxft.serve.inputs import Limits, RequestError, parse_json, validate
 from jaxft.serve.metrics import ServeMetrics
@@ -40,7 +49,6 @@ class ServeState:
     def __init__(self, predictor, *, limits: Limits, max_wait_ms: float = 5.0, max_items: int | None = None):
         self.predictor = predictor
         self.limits = limits
-        self.pairs = bool(getattr(predictor, "pairs", False))
         self.ready = threading.Event()
         self.warmup_error: str | None = None
         self.warmup_seconds = 0.0
@@ -67,11 +75,6 @@ class ServeState:
 
 
 def build_app(state: ServeState, *, warm_up: bool = True):
-    from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
-
     @contextlib.asynccontextmanager
     async def lifespan(app):
         state.batcher.start()
@@ -123,7 +126,7 @@ def build_app(state: ServeState, *, warm_up: bool = True):
             return Response(status_code=499)
         try:
             body = parse_json(raw)
-            items = validate(body, state.predictor.task, state.pairs, state.limits)
+            items = validate(body, state.predictor.item_kind, state.limits)
         except RequestError as err:
             return error(err)
         try:
@@ -182,7 +185,7 @@ def serve_command(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-length", type=int, default=None,
-                        help="NER: 128; classification/QA: the training max_length (by default)")
+                        help="default: the export's training max_length (jaxft_task.json), else the task's default")
     parser.add_argument("--batch-sizes", type=_int_list, default=list(DEFAULT_BATCH_SIZES),
                         help="padded batch sizes compiled at start-up (default 1,8,32)")
     parser.add_argument("--length-buckets", type=_int_list, default=None,
@@ -196,29 +199,22 @@ def serve_command(argv: list[str]) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
 
-    from jaxft.main import _enable_compilation_cache, user_errors
-    from jaxft.predict import exported_task, load_predictor
-
     for folder in args.model:
         if not os.path.isdir(folder):
             print(f"error: --model: folder not found: {folder}", file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _enable_compilation_cache()
+    runtime.enable_compilation_cache()
     try:
-        task = exported_task(args.model[0])
-        max_length = args.max_length or (128 if task == "token-classification" else None)
-        predictor = load_predictor(args.model, max_length=max_length, batch_sizes=args.batch_sizes,
+        predictor = load_predictor(args.model, max_length=args.max_length, batch_sizes=args.batch_sizes,
                                    dtype=args.dtype, safetensors_only=True,
                                    length_buckets=args.length_buckets or default_length_buckets)
-    except (*user_errors(), ValueError) as err:
+    except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     limits = Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.body_timeout_s)
     state = ServeState(predictor, limits=limits, max_wait_ms=args.max_wait_ms)
-    import uvicorn
-
-    print(f"jaxft serve: {task} ({len(args.model)} model{'s' if len(args.model) > 1 else ''}) on "
+    print(f"jaxft serve: {predictor.task} ({len(args.model)} model{'s' if len(args.model) > 1 else ''}) on "
           f"http://{args.host}:{args.port}; compiling {len(predictor.shapes)} shapes "
           f"(batch {list(predictor.batch_sizes)} x length {predictor.buckets})", file=sys.stderr, flush=True)
     uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -38,7 +38,7 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as err:
         raise RequestError(400, "malformed_json", f"body is not valid JSON ({err})") from None
-    except RecursionError:  # [[[[...]]]] deeper than the recursion limit: not a 500
+    except RecursionError:  # [[[[...]]]] deeper than the recursion limit: a 400 like any malformed body
         raise RequestError(400, "too_deeply_nested", "body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise RequestError(400, "not_an_object", 'body must be a JSON object {"texts": [...]}, got a '
@@ -46,9 +46,10 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def validate(body: dict, task: str, pairs: bool, limits: Limits) -> list:
-    """The items of a {"texts": [...]} body: strings (NER, classification), [text, pair] (pair models) or
-    {"question", "context"[, "id"]} objects (QA)."""
+def validate(body: dict, item_kind: str, limits: Limits) -> list:
+    """The items of a {"texts": [...]} body, by the predictor's item kind: strings ("text": NER,
+    classification, fill-mask), [text, pair] lists ("pair": pair classifiers) or {"question", "context"[, "id"]}
+    objects ("question": QA)."""
     unknown = sorted(set(body) - {"texts"})
     if unknown:
         raise RequestError(422, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; the body is "
@@ -63,8 +64,7 @@ def validate(body: dict, task: str, pairs: bool, limits: Limits) -> list:
     if len(texts) > limits.max_texts:
         raise RequestError(413, "too_many_texts", f'"texts" has {len(texts)} items; at most {limits.max_texts} '
                                                   "per request")
-    check = {"question-answering": _question, "sequence-classification": _pair if pairs else _text,
-             "token-classification": _text}[task]
+    check = ITEM_CHECKS[item_kind]
     return [check(item, f"texts[{i}]", limits) for i, item in enumerate(texts)]
 
 
@@ -107,6 +107,9 @@ def _question(item, where: str, limits: Limits) -> dict:
             raise RequestError(422, "wrong_type", f"{where}.id must be a string or an integer")
         out["id"] = item["id"]
     return out
+
+
+ITEM_CHECKS = {"text": _text, "pair": _pair, "question": _question}
 
 
 def _kind(value) -> str:

@@ -1,4 +1,5 @@
-"""Sequence classification: single-label, multi-label (sigmoid + BCE, dev-tuned threshold) and regression.
+"""Sequence classification (task "sequence-classification"): single-label, multi-label (sigmoid + BCE, dev-tuned
+threshold) and regression; data, Task, predictor and the task's spec.
 
 Texts (or sentence pairs) come from CSV/TSV/JSON/JSONL/parquet files or a hub dataset (see
 data.text_readers); the label set is read from the training split and every dev/test label must be in it.
@@ -10,35 +11,34 @@ A row is {"input_ids", "token_type_ids" (when the tokenizer gives them), and one
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxft.config import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS_NER, ConfigError
+from jaxft.config import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS_NER, PROBLEM_TYPES, SEQUENCE_CLASSIFICATION, ConfigError
 from jaxft.data.augment import augment_train
 from jaxft.data.errors import DataError
-from jaxft.data.readers import split_fixed
+from jaxft.data.readers import hf_data_files, train_dev_test
 from jaxft.data.text_readers import (TEXT_EXTENSIONS, TextExample, read_hf_text_dataset,
                                      read_packaged_rotten_tomatoes, read_text_examples, table_suffix)
 from jaxft.evaluate.classification_metrics import (multi_label_metrics, plot_confusion_matrix,
                                                    regression_metrics, single_label_metrics, tune_threshold)
+from jaxft.evaluate.reports import plot_training_curves
 from jaxft.models.encoder import model_inputs
-from jaxft.tasks.common import export_and_summarise, fit, is_writer, resolve_model_path, write_json
+from jaxft.tasks.base import TaskSpec, TrainingTask
+from jaxft.tasks.predictor import Predictor
 
 log = logging.getLogger("jaxft.classification")
 
-SINGLE = "single_label_classification"
-MULTI = "multi_label_classification"
-REGRESSION = "regression"
+SINGLE, MULTI, REGRESSION = PROBLEM_TYPES
 MAIN_METRICS = {SINGLE: "accuracy", MULTI: "micro_f1", REGRESSION: "pearson"}
-TASK_FILE = "jaxft_task.json"  # next to an export's config.json: what predict needs beyond the HF config
+DEFAULT_MAX_LENGTH = 128
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -65,15 +65,11 @@ def read_splits(data, problem_type: str = SINGLE) -> TextSplits:
         train = _read_file(data.train_file, data, problem_type)
     dev = _read_file(data.validation_file, data, problem_type) if data.validation_file else []
     test = _read_file(data.test_file, data, problem_type) if data.test_file else []
-    if not dev and not test:
-        return TextSplits(*split_fixed(train))
-    if not dev:
-        train, dev = split_fixed(train, (0.85, 0.15))
-    return TextSplits(train, dev, test)
+    return TextSplits(*train_dev_test(train, dev, test))
 
 
 def _read_file(path: str, data, problem_type: str) -> list[TextExample]:
-    return read_text_examples(path, data.text_column, data.text_pair_column, data.label_column,
+    return read_text_examples(path, data.text_column, data.text_pair_column or "", data.label_column,
                               allow_empty_label=problem_type == MULTI)
 
 
@@ -83,25 +79,18 @@ def _read_hf_splits(data) -> TextSplits:
         raise ConfigError("data.hf_dataset is set while data.train_file is a packaged default: set "
                           "data.train_file='' (or to the data files of a builder such as 'csv' or 'json')")
     if data.train_file:
-        kwargs["data_files"] = {name: path for name, path in (("train", data.train_file),
-                                                               ("validation", data.validation_file),
-                                                               ("test", data.test_file)) if path}
+        kwargs["data_files"] = hf_data_files(data)
     splits, names = [], None
     for split in (data.train_split, data.validation_split, data.test_split):
         if not split or ("data_files" in kwargs and split not in kwargs["data_files"] and split != "train"):
             splits.append([])
             continue
         examples, split_names = read_hf_text_dataset(
-            data.hf_dataset, data.hf_config_name or None, split, data.text_column, data.text_pair_column,
+            data.hf_dataset, data.hf_config_name or None, split, data.text_column, data.text_pair_column or "",
             data.label_column, **kwargs)
         names = names or split_names
         splits.append([e for e in examples if e.label is not None or split == data.train_split])
-    train, dev, test = splits
-    if not dev and not test:
-        train, dev, test = split_fixed(train)
-    elif not dev:
-        train, dev = split_fixed(train, (0.85, 0.15))
-    return TextSplits(train, dev, test, names)
+    return TextSplits(*train_dev_test(*splits), names)
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -263,20 +252,22 @@ def predict_fn(problem_type: str) -> Callable:
 
 # ---------------------------------------------------------------------------------------------- the task
 
-class ClassificationTask:
+class ClassificationTask(TrainingTask):
     """The sequence-classification side of the training loop (see train.loop.Task)."""
 
     per_token_outputs = False
 
     def __init__(self, tokenizer, splits: TextSplits, labels: Sequence[str], *, max_length: int,
                  problem_type: str = SINGLE, class_weights: str = "none", threshold: float = 0.5,
-                 tune_threshold_on_dev: bool = True, label_separator: str = ",", main_metric: str = ""):
+                 tune_threshold_on_dev: bool = True, label_separator: str = ",", main_metric: str | None = None,
+                 text_column: str = "text", text_pair_column: str = ""):
         if problem_type not in MAIN_METRICS:
             raise ConfigError(f"problem_type must be one of {', '.join(MAIN_METRICS)}, got {problem_type!r}")
         self.problem_type = problem_type
         self.labels = list(labels)
         self.label2id = {label: i for i, label in enumerate(self.labels)}
         self.separator = label_separator
+        self.text_column, self.text_pair_column = text_column, text_pair_column  # written into the export
         self.main_metric = main_metric or MAIN_METRICS[problem_type]
         self.threshold = float(threshold)
         self.tune_threshold_on_dev = tune_threshold_on_dev
@@ -361,89 +352,36 @@ class ClassificationTask:
             self.threshold = tune_threshold(targets, outputs)
         return multi_label_metrics(targets, outputs, self.labels, self.threshold)
 
-    def task_file(self, max_length: int, text_column: str, text_pair_column: str) -> dict:
-        """What predict needs next to the exported HF folder."""
-        return {"task": "sequence-classification", "problem_type": self.problem_type, "labels": self.labels,
-                "threshold": self.threshold, "max_length": max_length, "pairs": self.pairs,
-                "text_column": text_column, "text_pair_column": text_pair_column}
+    def results(self) -> dict:
+        results = {"main_metric": self.main_metric, "problem_type": self.problem_type, "labels": self.labels,
+                   "truncation": {name: dataclasses.asdict(count) for name, count in self.truncation.items()}}
+        if self.problem_type == MULTI:
+            results["threshold"] = self.threshold
+        return results
+
+    def export_info(self) -> dict:
+        return {"problem_type": self.problem_type, "labels": self.labels, "threshold": self.threshold,
+                "pairs": self.pairs, "text_column": self.text_column, "text_pair_column": self.text_pair_column}
+
+    def report(self, workdir: Path, results: dict) -> None:
+        for name in ("dev", "test"):
+            if "confusion_matrix" in results[name]:
+                plot_confusion_matrix(results[name]["confusion_matrix"], self.labels,
+                                      workdir / ("confusion_matrix.png" if name == "test" else "confusion_matrix_dev.png"),
+                                      title=f"{name} confusion matrix")
+        plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png", self.main_metric)
+        text = format_report(results["test"], "test")
+        print(text)
+        (workdir / "report_test.txt").write_text(text + "\n")
+        log.info("test %s %.4f (dev %.4f) after %d steps, %.0f s of training at %.0f tokens/s; compiled %s",
+                 self.main_metric, results["test"].get(self.main_metric, float("nan")),
+                 results["dev"].get(self.main_metric, float("nan")), results["steps"], results["train_seconds"],
+                 results["tokens_per_sec"], results["compilations"])
 
 
 def truncation_summary(count: TruncationCount, split: str) -> str:
     return (f"{count.truncated} of {count.examples} {split} texts longer than max_length were truncated "
             f"({count.dropped_tokens} sub-tokens cut)")
-
-
-# ---------------------------------------------------------------------------------------------- the run
-
-def train_and_evaluate(config, workdir: Path) -> dict:
-    """data -> model -> train (resuming if the workdir has checkpoints) -> dev/test -> export."""
-    from jaxft.models import SEQUENCE_CLASSIFICATION, from_pretrained, load_tokenizer
-
-    cls, data = config.classification, config.data
-    if data.train_file == PACKAGED_TWEETS_NER and not data.hf_dataset:
-        raise ConfigError("data.train_file is the packaged NER data; for sequence classification set it to "
-                          f"a text file or {PACKAGED_ROTTEN_TOMATOES!r}")
-    if data.packing:
-        raise ConfigError("data.packing is for token-level tasks; sequence classification pads by length buckets "
-                          "(set data.packing=False)")
-    splits = read_splits(data, cls.problem_type)
-    splits.train = augment_train(splits.train, config)  # train only; a no-op unless augment.methods
-    labels = label_list(splits, cls.problem_type, data.label_separator)
-    for name, examples in (("dev", splits.dev), ("test", splits.test)):  # before the model is loaded
-        check_labels(examples, labels, cls.problem_type, data.label_separator, name)
-    log.info("data: %d train / %d dev / %d test examples%s, %s with %d label%s", len(splits.train),
-             len(splits.dev), len(splits.test), " (sentence pairs)" if splits.train and
-             splits.train[0].text_pair is not None else "", cls.problem_type, len(labels),
-             "" if len(labels) == 1 else "s")
-    model_path = resolve_model_path(config.model.name_or_path)
-    tokenizer = load_tokenizer(model_path)
-    model, report = from_pretrained(model_path, task=SEQUENCE_CLASSIFICATION, id2label=labels,
-                                    problem_type=cls.problem_type, dtype=config.model.dtype,
-                                    seed=config.train.seed, remat=config.model.remat,
-                                    ignore_mismatched_sizes=True, output_loading_info=True)
-    task = ClassificationTask(tokenizer, splits, labels, max_length=data.max_length,
-                              problem_type=cls.problem_type, class_weights=cls.class_weights,
-                              threshold=cls.threshold, tune_threshold_on_dev=cls.tune_threshold,
-                              label_separator=data.label_separator, main_metric=cls.main_metric)
-    log.info("tokenized: %s", "; ".join(truncation_summary(count, name) for name, count in task.truncation.items()
-                                         if count.examples))
-    trainer, result = fit(config, workdir, model, task, model_path)
-    if not result.finished:
-        trainer.close()
-        return {"stopped_at_step": result.steps}
-    dev = task.evaluate("dev", result.predict_batches)  # first: a multi-label threshold is tuned here
-    test = task.evaluate("test", result.predict_batches)
-    exports, results = export_and_summarise(config, workdir, model, trainer, result, model_path, tokenizer,
-                                            dev, test, report)
-    results.update({"main_metric": task.main_metric, "problem_type": cls.problem_type, "labels": labels,
-                    "truncation": {name: dataclasses.asdict(count) for name, count in task.truncation.items()}})
-    if cls.problem_type == MULTI:
-        results["threshold"] = task.threshold
-    if is_writer():
-        for name, metrics in (("dev", dev), ("test", test)):
-            if "confusion_matrix" in metrics:
-                plot_confusion_matrix(metrics["confusion_matrix"], labels,
-                                      workdir / ("confusion_matrix.png" if name == "test" else "confusion_matrix_dev.png"),
-                                      title=f"{name} confusion matrix")
-        for folder in exports.values():
-            write_json(Path(folder) / TASK_FILE, task.task_file(data.max_length, data.text_column,
-                                                               data.text_pair_column))
-        write_json(workdir / "results.json", results)
-        _report(workdir, results, task.main_metric)
-    return results
-
-
-def _report(workdir: Path, results: dict, main_metric: str) -> None:
-    from jaxft.evaluate.reports import plot_training_curves
-
-    plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png", main_metric)
-    text = format_report(results["test"], "test")
-    print(text)
-    (workdir / "report_test.txt").write_text(text + "\n")
-    log.info("test %s %.4f (dev %.4f) after %d steps, %.0f s of training at %.0f tokens/s; compiled %s",
-             main_metric, results["test"].get(main_metric, float("nan")),
-             results["dev"].get(main_metric, float("nan")), results["steps"], results["train_seconds"],
-             results["tokens_per_sec"], results["compilations"])
 
 
 def format_report(metrics: dict, split: str) -> str:
@@ -463,49 +401,69 @@ def format_report(metrics: dict, split: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- the run
+
+def prepare(config) -> TextSplits:
+    """Examples of the three splits (train augmented when augment.methods asks), checked against the labels
+    of the training split before the model is loaded."""
+    cls, data = config.classification, config.data
+    if data.train_file == PACKAGED_TWEETS_NER and not data.hf_dataset:
+        raise ConfigError("data.train_file is the packaged NER data; for sequence classification set it to "
+                          f"a text file or {PACKAGED_ROTTEN_TOMATOES!r}")
+    if data.packing:
+        raise ConfigError("data.packing is for token-level tasks; sequence classification pads by length buckets "
+                          "(set data.packing=False)")
+    splits = read_splits(data, cls.problem_type)
+    splits.train = augment_train(splits.train, config)  # train only; a no-op unless augment.methods
+    labels = label_list(splits, cls.problem_type, cls.label_separator)
+    for name, examples in (("dev", splits.dev), ("test", splits.test)):
+        check_labels(examples, labels, cls.problem_type, cls.label_separator, name)
+    log.info("data: %d train / %d dev / %d test examples%s, %s with %d label%s", len(splits.train),
+             len(splits.dev), len(splits.test), " (sentence pairs)" if splits.train and
+             splits.train[0].text_pair is not None else "", cls.problem_type, len(labels),
+             "" if len(labels) == 1 else "s")
+    return splits
+
+
+def model_options(config, splits: TextSplits) -> dict:
+    cls = config.classification
+    return {"id2label": label_list(splits, cls.problem_type, cls.label_separator),
+            "problem_type": cls.problem_type, "ignore_mismatched_sizes": True}
+
+
+def build(config, tokenizer, model, splits: TextSplits) -> ClassificationTask:
+    cls, data = config.classification, config.data
+    task = ClassificationTask(tokenizer, splits, model.labels, max_length=data.max_length,
+                              problem_type=cls.problem_type, class_weights=cls.class_weights,
+                              threshold=cls.threshold, tune_threshold_on_dev=cls.tune_threshold,
+                              label_separator=cls.label_separator, main_metric=cls.main_metric,
+                              text_column=data.text_column, text_pair_column=data.text_pair_column or "")
+    log.info("tokenized: %s", "; ".join(truncation_summary(count, name) for name, count in task.truncation.items()
+                                         if count.examples))
+    return task
+
+
 # ---------------------------------------------------------------------------------------------- predict
 
-def read_task_file(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / TASK_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _predictor_base():
-    from jaxft.predict import Predictor
-    return Predictor
-
-
-class SequenceClassifier(_predictor_base()):
+class SequenceClassifier(Predictor):
     """Texts (or pairs) -> labels with probabilities, from an exported folder (or an ensemble of them:
     probabilities, or regression values, averaged); compiled once per (batch size, length bucket)."""
 
-    task = "sequence-classification"
+    task = SEQUENCE_CLASSIFICATION
+    default_max_length = DEFAULT_MAX_LENGTH
     per_token = False
 
-    def __init__(self, model_dir: str | Path | Sequence[str | Path], *, max_length: int | None = None,
-                 batch_size: int = 32, bucket_multiple: int = 16, dtype: str = "float32",
-                 batch_sizes: Sequence[int] | None = None, length_buckets: Sequence[int] | None = None,
-                 safetensors_only: bool = False):
-        from jaxft.models import SEQUENCE_CLASSIFICATION
-        from jaxft.predict import load_members
-
-        models, self.tokenizer = load_members(model_dir, SEQUENCE_CLASSIFICATION, dtype=dtype,
-                                              safetensors_only=safetensors_only)
-        first_dir = model_dir if isinstance(model_dir, (str, Path)) else list(model_dir)[0]
-        info = read_task_file(first_dir)
-        self.model = models[0]
+    def configure(self, models):
+        info = self.info
         self.labels = list(self.model.labels)
         self.problem_type = self.model.problem_type
         self.threshold = float(info.get("threshold", 0.5))
         self.pairs = bool(info.get("pairs", False))
         self.text_column = info.get("text_column") or "text"
         self.text_pair_column = info.get("text_pair_column") or "text_pair"
-        self.max_length = int(max_length or info.get("max_length", 128))
-        self.batch_size = batch_size
+        self.item_kind = "pair" if self.pairs else "text"
         pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
-        self._setup(models, predict_fn(self.problem_type), _mean_outputs, pad_values, max_length=self.max_length,
-                    batch_sizes=batch_sizes or (batch_size,), bucket_multiple=bucket_multiple,
-                    length_buckets=length_buckets)
+        return predict_fn(self.problem_type), _mean_outputs, pad_values
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
         rows, _ = encode_texts(self.tokenizer, texts, pairs, self.max_length)
@@ -569,13 +527,14 @@ def read_prediction_inputs(input_path: str | None, text_column: str, text_pair_c
     return texts, second if pairs else None
 
 
-def run_predict(model_dir: str | Sequence[str], input_path: str | None, output: TextIO = sys.stdout, *,
-                max_length: int | None = None, batch_size: int = 32) -> int:
-    """One JSON object a line: {"text", "label", "score", "probabilities"} (multi-label: "labels" above the
-    tuned threshold; regression: "value"). Several folders: an ensemble (probabilities averaged)."""
-    classifier = SequenceClassifier(model_dir, max_length=max_length, batch_size=batch_size)
+def read_inputs(classifier: SequenceClassifier, input_path: str | None, input_format: str = "text") -> list:
+    """Texts, or (text, pair) for pair models: see read_prediction_inputs."""
     texts, pairs = read_prediction_inputs(input_path, classifier.text_column, classifier.text_pair_column,
                                           classifier.pairs)
-    for result in classifier.predict(texts, pairs):
-        output.write(json.dumps(result, ensure_ascii=False) + "\n")
-    return len(texts)
+    return list(zip(texts, pairs)) if pairs is not None else texts
+
+
+SPEC = TaskSpec(
+    name=SEQUENCE_CLASSIFICATION, summary="sequence classification: single-label, multi-label, regression; pairs",
+    config_group="classification", default_max_length=DEFAULT_MAX_LENGTH, prepare=prepare,
+    model_options=model_options, build=build, predictor=SequenceClassifier, read_inputs=read_inputs)

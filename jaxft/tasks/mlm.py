@@ -1,4 +1,5 @@
-"""Continued masked-LM pretraining: text lines in, an HF *ForMaskedLM folder out.
+"""Continued masked-LM pretraining (task "masked-lm"): text lines in, an HF *ForMaskedLM folder out; and the
+fill-mask predictor for such exports.
 
 Text: a plain-text file (one document or sentence a line; blank lines skipped), the text column of a
 CSV/TSV/JSON/JSONL/parquet file or a hub dataset (`data.text_column`), the packaged Rotten Tomatoes
@@ -22,21 +23,29 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxft.config import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS_NER, ConfigError
+from jaxft.config import MASKED_LM, PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS_NER, ConfigError
 from jaxft.data import masking
+from jaxft.data.batching import IGNORE_INDEX
 from jaxft.data.errors import DataError
-from jaxft.data.readers import packaged_tweets_ner_path, read_sentences, split_fixed
+from jaxft.data.ner_readers import read_sentences
+from jaxft.data.readers import packaged_tweets_ner_path, read_text, split_fixed
 from jaxft.data.text_readers import (TEXT_EXTENSIONS, read_hf_text_dataset, read_packaged_rotten_tomatoes,
                                      read_text_examples, table_suffix)
+from jaxft.evaluate.reports import plot_training_curves
+from jaxft.files import write_json
+from jaxft.models import ModelLoadError
 from jaxft.models.encoder import model_inputs
-from jaxft.tasks.common import export_and_summarise, fit, is_writer, resolve_model_path, write_json
+from jaxft.tasks.base import TaskSpec, TrainingTask
+from jaxft.tasks.predictor import Predictor
 from jaxft.train.step import token_cross_entropy
 
 log = logging.getLogger("jaxft.mlm")
@@ -61,7 +70,6 @@ def read_lines(path: str, data) -> list[str]:
     elif table_suffix(path) in TEXT_EXTENSIONS:
         texts = [e.text for e in read_text_examples(path, data.text_column, "", None)]
     else:
-        from jaxft.data.readers import read_text
         texts = read_text(path, "utf-8").splitlines()
     lines = [t.strip() for t in texts if t and t.strip()]
     if not lines:
@@ -103,13 +111,13 @@ def encode_lines(tokenizer, lines: Sequence[str], max_length: int) -> list[dict[
             if not special[t] and not special[t - 1] and words[t] is not None and words[t] == words[t - 1]:
                 word_start[t] = 0
         rows.append({"input_ids": np.asarray(ids, np.int32), "special_mask": special, "word_start": word_start,
-                     "labels": np.full(len(ids), masking.IGNORE, np.int32)})
+                     "labels": np.full(len(ids), IGNORE_INDEX, np.int32)})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- task
 
-class MaskedLmTask:
+class MaskedLmTask(TrainingTask):
     """The masked-LM side of the training loop (see train.loop.Task)."""
 
     main_metric = "neg_perplexity"
@@ -125,9 +133,13 @@ class MaskedLmTask:
         self.replacement_ids = masking.replacement_vocabulary(tokenizer, vocab_size)
         self.train_rows = encode_lines(tokenizer, train_lines, max_length)
         self.pad_values = {"input_ids": tokenizer.pad_token_id or 0, "special_mask": 1, "word_start": 1,
-                           "labels": masking.IGNORE}
+                           "labels": IGNORE_INDEX}
         self.eval_rows = {name: self.mask_once(encode_lines(tokenizer, lines, max_length), mlm.eval_seed)
                           for name, lines in heldout.items() if lines}
+        self.line_counts = {"train": len(train_lines), "dev": len(heldout.get("dev", ()))}
+        self.masking_summary = _MaskingSummary.of(mlm)
+        self.before: dict = {}  # held-out metrics of the starting weights (before_training)
+        self.after: dict = {}   # ... of the best weights (final_metrics)
 
     def mask_once(self, rows: list[dict], seed: int) -> list[dict]:
         """Fixed masks for evaluation rows (one key for the whole set), capped as the predict step expects."""
@@ -192,68 +204,72 @@ class MaskedLmTask:
                 "lines": len(rows)}
 
 
-# ---------------------------------------------------------------------------------------------- the run
+    # ------------------------------------------------------------------ the run's other parts
 
-def train_and_evaluate(config, workdir: Path) -> dict:
-    """text -> masked-LM model -> baseline perplexity -> train (resuming) -> perplexity -> export."""
-    from flax import nnx
-
-    from jaxft.models import MASKED_LM, from_pretrained, load_tokenizer
-
-    data = config.data
-    train_lines, heldout_lines = read_corpus(data, config.mlm)
-    test_lines = read_lines(data.test_file, data) if data.test_file else []
-    log.info("text: %d training lines, %d held out for perplexity%s", len(train_lines), len(heldout_lines),
-             f", {len(test_lines)} test lines" if test_lines else "")
-    model_path = resolve_model_path(config.model.name_or_path)
-    tokenizer = load_tokenizer(model_path)
-    model, report = from_pretrained(model_path, task=MASKED_LM, dtype=config.model.dtype, seed=config.train.seed,
-                                    remat=config.model.remat, output_loading_info=True)
-    setattr(model, MASKING_STREAM, nnx.Rngs(masking=config.train.seed + 2))
-    task = MaskedLmTask(tokenizer, train_lines, {"dev": heldout_lines, "test": test_lines},
-                        max_length=data.max_length, vocab_size=model.config.vocab_size, mlm=config.mlm)
-    tokens = sum(len(r["input_ids"]) for r in task.train_rows)
-    log.info("tokenized: %d training pieces, %d tokens (%.1f a piece); masking %.0f%%%s", len(task.train_rows),
-             tokens, tokens / max(len(task.train_rows), 1), 100 * config.mlm.probability,
-             " of whole words" if config.mlm.whole_word else "")
-    before: dict = {}
-
-    def baseline(trainer, resumed: bool) -> None:
+    def before_training(self, trainer, resumed: bool, workdir: Path) -> None:
+        """The held-out perplexity of the starting weights, measured once per workdir (kept in
+        perplexity_before.json, so a resumed run reports it too)."""
         path = workdir / BEFORE_FILE
         if path.exists():
-            before.update(json.loads(path.read_text()))
+            self.before = json.loads(path.read_text())
             return
         if resumed:
             return
-        before.update(task.evaluate("dev", trainer.predict_batches))
-        log.info("before training: held-out perplexity %.3f over %d masked tokens", before["perplexity"],
-                 before["masked_tokens"])
+        self.before = self.evaluate("dev", trainer.predict_batches)
+        log.info("before training: held-out perplexity %.3f over %d masked tokens", self.before["perplexity"],
+                 self.before["masked_tokens"])
         if trainer.is_writer:
-            write_json(path, before)
-            trainer.metrics.write(0, "dev", before)
+            write_json(path, self.before)
+            trainer.metrics.write(0, "dev", self.before)
 
-    trainer, result = fit(config, workdir, model, task, model_path, before_training=baseline)
-    if not result.finished:
-        trainer.close()
-        return {"stopped_at_step": result.steps}
-    dev = task.evaluate("dev", result.predict_batches)
-    test = task.evaluate("test", result.predict_batches) if test_lines else {}
-    _, results = export_and_summarise(config, workdir, model, trainer, result, model_path, tokenizer, dev, test,
-                                      report)
-    results.update({"main_metric": "perplexity", "perplexity_before": before.get("perplexity"),
-                    "perplexity_after": dev["perplexity"], "train_lines": len(train_lines),
-                    "heldout_lines": len(heldout_lines), "train_pieces": len(task.train_rows),
-                    "masking": dataclasses.asdict(_MaskingSummary.of(config.mlm))})
-    if is_writer():
-        write_json(workdir / "results.json", results)
-        from jaxft.evaluate.reports import plot_training_curves
+    def final_metrics(self, predict_batches: Callable) -> tuple[dict, dict]:
+        self.after = self.evaluate("dev", predict_batches)
+        return self.after, self.evaluate("test", predict_batches) if self.eval_rows.get("test") else {}
+
+    def results(self) -> dict:
+        return {"main_metric": "perplexity", "perplexity_before": self.before.get("perplexity"),
+                "perplexity_after": self.after.get("perplexity"), "train_lines": self.line_counts["train"],
+                "heldout_lines": self.line_counts["dev"], "train_pieces": len(self.train_rows),
+                "masking": dataclasses.asdict(self.masking_summary)}
+
+    def report(self, workdir: Path, results: dict) -> None:
         plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png", "perplexity")
         log.info("held-out perplexity %.3f -> %.3f (best step %d of %d); %.0f s of training at %.0f tokens/s",
                  results["perplexity_before"] or float("nan"), results["perplexity_after"], results["best_step"],
                  results["steps"], results["train_seconds"], results["tokens_per_sec"])
         print(f"held-out perplexity: {results['perplexity_before'] or float('nan'):.3f} before, "
               f"{results['perplexity_after']:.3f} after; export: {workdir / 'export'}")
-    return results
+
+
+@dataclasses.dataclass
+class MlmCorpus:
+    train: list[str]
+    heldout: list[str]
+    test: list[str]
+
+
+def prepare(config) -> MlmCorpus:
+    data = config.data
+    train_lines, heldout_lines = read_corpus(data, config.mlm)
+    test_lines = read_lines(data.test_file, data) if data.test_file else []
+    log.info("text: %d training lines, %d held out for perplexity%s", len(train_lines), len(heldout_lines),
+             f", {len(test_lines)} test lines" if test_lines else "")
+    return MlmCorpus(train_lines, heldout_lines, test_lines)
+
+
+def model_options(config, corpus: MlmCorpus) -> dict:
+    return {}
+
+
+def build(config, tokenizer, model, corpus: MlmCorpus) -> MaskedLmTask:
+    setattr(model, MASKING_STREAM, nnx.Rngs(masking=config.train.seed + 2))
+    task = MaskedLmTask(tokenizer, corpus.train, {"dev": corpus.heldout, "test": corpus.test},
+                        max_length=config.data.max_length, vocab_size=model.config.vocab_size, mlm=config.mlm)
+    tokens = sum(len(r["input_ids"]) for r in task.train_rows)
+    log.info("tokenized: %d training pieces, %d tokens (%.1f a piece); masking %.0f%%%s", len(task.train_rows),
+             tokens, tokens / max(len(task.train_rows), 1), 100 * config.mlm.probability,
+             " of whole words" if config.mlm.whole_word else "")
+    return task
 
 
 @dataclasses.dataclass
@@ -266,3 +282,67 @@ class _MaskingSummary:
     @classmethod
     def of(cls, mlm) -> "_MaskingSummary":
         return cls(mlm.probability, mlm.mask_fraction, mlm.random_fraction, mlm.whole_word)
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+DEFAULT_MAX_LENGTH = 128
+TOP_K = 5
+
+
+def top_tokens(model, batch):
+    """Per position: the TOP_K most likely tokens and their probabilities (on device: no [T, vocab] fetch)."""
+    probs = jax.nn.softmax(model(batch["input_ids"], batch["attention_mask"]), axis=-1)
+    return jax.lax.top_k(probs, TOP_K)
+
+
+class FillMask(Predictor):
+    """Texts with the tokenizer's mask token ([MASK], <mask>) -> the most likely tokens at each mask, as
+    transformers' fill-mask pipeline gives them (score, token, token_str, sequence)."""
+
+    task = MASKED_LM
+    default_max_length = DEFAULT_MAX_LENGTH
+
+    def configure(self, models):
+        if len(models) > 1:
+            raise ModelLoadError("fill-mask predicts with one masked-LM export, not an ensemble")
+        if self.tokenizer.mask_token_id is None:
+            raise ConfigError("the tokenizer has no mask token: fill-mask needs one")
+        return top_tokens, None, {"input_ids": self.tokenizer.pad_token_id or 0}
+
+    def predict_items(self, items: list) -> list[dict]:
+        mask = self.tokenizer.mask_token_id
+        encoded = self.tokenizer(list(items), truncation=True, max_length=self.max_length, verbose=False)
+        rows = [{"input_ids": np.asarray(ids, np.int32)} for ids in encoded["input_ids"]]
+        outputs = self.run_rows(rows)
+        results = []
+        for text, row, (scores, token_ids) in zip(items, rows, outputs):
+            positions = np.flatnonzero(row["input_ids"] == mask)
+            if not len(positions):
+                raise DataError("<input>", f"{text[:60]!r} has no {self.tokenizer.mask_token} token to fill")
+            results.append({"text": text, "predictions": [self._candidates(row["input_ids"], p, scores[p],
+                                                                            token_ids[p]) for p in positions]})
+        return results
+
+    def _candidates(self, ids: np.ndarray, position: int, scores, token_ids) -> list[dict]:
+        candidates = []
+        for score, token in zip(scores, token_ids):
+            filled = ids.copy()
+            filled[position] = token
+            candidates.append({"score": float(score), "token": int(token),
+                               "token_str": self.tokenizer.decode([int(token)]).strip(),
+                               "sequence": self.tokenizer.decode(filled, skip_special_tokens=True)})
+        return candidates
+
+
+def read_inputs(predictor: FillMask, input_path: str | None, input_format: str = "text") -> list[str]:
+    """One text a line (stdin when no path), each with the mask token where a word is to be filled in."""
+    stream = sys.stdin if input_path in (None, "-") else open(input_path, encoding="utf-8")
+    with stream:
+        return [line.rstrip("\r\n") for line in stream if line.strip()]
+
+
+SPEC = TaskSpec(
+    name=MASKED_LM, summary="masked-LM continued pretraining on domain text (fill-mask predictions)",
+    config_group="mlm", default_max_length=DEFAULT_MAX_LENGTH, prepare=prepare, model_options=model_options,
+    build=build, predictor=FillMask, read_inputs=read_inputs)

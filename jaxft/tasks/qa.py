@@ -1,4 +1,5 @@
-"""Extractive question answering (SQuAD v1.1 / v2.0): windows, span labels, n-best decoding, EM/F1.
+"""Extractive question answering (task "question-answering", SQuAD v1.1 / v2.0): windows, span labels, n-best
+decoding, EM/F1, the predictor and the task's spec.
 
 A question and its context are tokenized as one pair; a context longer than the window is cut into
 windows of at most data.max_length tokens that overlap by qa.doc_stride tokens. Every context token keeps
@@ -18,22 +19,25 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxft.config import PACKAGED_TWEETS_NER, ConfigError
+from jaxft.config import PACKAGED_TWEETS_NER, QUESTION_ANSWERING, ConfigError
 from jaxft.data.errors import DataError
-from jaxft.data.readers import split_fixed
+from jaxft.data.readers import hf_data_files, split_fixed, train_dev_test
 from jaxft.data.text_readers import QAExample, read_hf_squad, read_squad
 from jaxft.evaluate.qa_metrics import best_null_threshold, best_scores, squad_metrics
+from jaxft.evaluate.reports import plot_training_curves
+from jaxft.files import write_json
 from jaxft.models.encoder import model_inputs
-from jaxft.tasks.common import export_and_summarise, fit, is_writer, resolve_model_path, write_json
+from jaxft.tasks.base import TaskSpec, TrainingTask
+from jaxft.tasks.predictor import Predictor
 
 log = logging.getLogger("jaxft.qa")
-TASK_FILE = "jaxft_task.json"
+DEFAULT_MAX_LENGTH = 384
 NO_OFFSET = -1  # offsets of tokens outside the context (question, special tokens)
 MASKED = -1e9   # logit given to padding positions in the loss
 
@@ -62,8 +66,7 @@ def read_splits(data) -> QASplits:
     if data.hf_dataset:
         kwargs = {}
         if data.train_file and not data.train_file.startswith("packaged:"):
-            kwargs["data_files"] = {n: p for n, p in (("train", data.train_file), ("validation", data.validation_file),
-                                                      ("test", data.test_file)) if p}
+            kwargs["data_files"] = hf_data_files(data)
         parts = []
         for split in (data.train_split, data.validation_split, data.test_split):
             skip = not split or ("data_files" in kwargs and split != "train" and split not in kwargs["data_files"])
@@ -76,11 +79,7 @@ def read_splits(data) -> QASplits:
         train = read_squad(data.train_file)
         dev = read_squad(data.validation_file) if data.validation_file else []
         test = read_squad(data.test_file) if data.test_file else []
-    if not dev and not test:
-        train, dev, test = split_by_context(train)
-    elif not dev:
-        train, dev = split_by_context(train, (0.85, 0.15))
-    return QASplits(train, dev, test)
+    return QASplits(*train_dev_test(train, dev, test, split=split_by_context))
 
 
 # ---------------------------------------------------------------------------------------------- windows
@@ -252,7 +251,7 @@ def span_logits(model, batch):
 
 # ---------------------------------------------------------------------------------------------- the task
 
-class QATask:
+class QATask(TrainingTask):
     """The extractive-QA side of the training loop (see train.loop.Task). Dev picks checkpoints by F1."""
 
     main_metric = "f1"
@@ -319,29 +318,43 @@ class QATask:
         diffs = {qid: p.null_score_diff for qid, p in predictions.items()}
         return best_null_threshold(span_f1, null_f1, diffs)[1]
 
-    def task_file(self) -> dict:
-        return {"task": "question-answering", **self.window, **self.decoding, "version_2": self.version_2,
-                "null_threshold": self.null_threshold}
+    def export_info(self) -> dict:
+        return {**self.window, **self.decoding, "version_2": self.version_2, "null_threshold": self.null_threshold}
+
+    def results(self) -> dict:
+        return {"version_2": self.version_2, "windows": self.stats}
+
+    def report(self, workdir: Path, results: dict) -> None:
+        for name in ("dev", "test"):
+            if name in self.last_predictions:
+                write_json(workdir / f"predictions_{name}.json",
+                           {qid: p.text for qid, p in self.last_predictions[name].items()})
+        plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png")
+        dev, test = results["dev"], results["test"]
+        log.info("test EM %.4f F1 %.4f (dev EM %.4f F1 %.4f) after %d steps, %.0f s of training",
+                 test.get("exact_match", float("nan")), test.get("f1", float("nan")),
+                 dev.get("exact_match", float("nan")), dev.get("f1", float("nan")), results["steps"],
+                 results["train_seconds"])
 
 
 # ---------------------------------------------------------------------------------------------- the run
 
-def train_and_evaluate(config, workdir: Path) -> dict:
-    """SQuAD-format data -> model -> train (resuming) -> dev/test EM/F1 -> export (+ predictions files)."""
-    from jaxft.models import QUESTION_ANSWERING, from_pretrained, load_tokenizer
-
-    data, qa = config.data, config.qa
+def prepare(config) -> QASplits:
+    data = config.data
     if data.train_file == PACKAGED_TWEETS_NER and not data.hf_dataset:
         raise ConfigError("question answering needs SQuAD-format data: set data.train_file to a SQuAD .json file")
     if data.packing:
         raise ConfigError("data.packing is not supported for question answering (windows are padded by length "
                           "buckets); set data.packing=False")
-    splits = read_splits(data)
-    model_path = resolve_model_path(config.model.name_or_path)
-    tokenizer = load_tokenizer(model_path)
-    model, report = from_pretrained(model_path, task=QUESTION_ANSWERING, dtype=config.model.dtype,
-                                    seed=config.train.seed, remat=config.model.remat,
-                                    ignore_mismatched_sizes=True, output_loading_info=True)
+    return read_splits(data)
+
+
+def model_options(config, splits: QASplits) -> dict:
+    return {"ignore_mismatched_sizes": True}
+
+
+def build(config, tokenizer, model, splits: QASplits) -> QATask:
+    data, qa = config.data, config.qa
     task = QATask(tokenizer, splits, max_length=data.max_length, doc_stride=qa.doc_stride,
                   max_query_length=qa.max_query_length, max_answer_length=qa.max_answer_length,
                   n_best_size=qa.n_best_size, null_threshold=qa.null_score_diff_threshold,
@@ -353,70 +366,28 @@ def train_and_evaluate(config, workdir: Path) -> dict:
         if stats["questions_cut"] or stats["answers_outside_every_window"]:
             log.info("%s: %d questions cut to qa.max_query_length; %d answers in no window (trained as no answer)",
                      name, stats["questions_cut"], stats["answers_outside_every_window"])
-    trainer, result = fit(config, workdir, model, task, model_path)
-    if not result.finished:
-        trainer.close()
-        return {"stopped_at_step": result.steps}
-    dev = task.evaluate("dev", result.predict_batches)  # first: the v2 null threshold is tuned here
-    test = task.evaluate("test", result.predict_batches)
-    exports, results = export_and_summarise(config, workdir, model, trainer, result, model_path, tokenizer,
-                                            dev, test, report)
-    results.update({"version_2": task.version_2, "windows": task.stats})
-    if is_writer():
-        for name in ("dev", "test"):
-            if name in task.last_predictions:
-                write_json(workdir / f"predictions_{name}.json",
-                           {qid: p.text for qid, p in task.last_predictions[name].items()})
-        for folder in exports.values():
-            write_json(Path(folder) / TASK_FILE, task.task_file())
-        write_json(workdir / "results.json", results)
-        from jaxft.evaluate.reports import plot_training_curves
-        plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png")
-        log.info("test EM %.4f F1 %.4f (dev EM %.4f F1 %.4f) after %d steps, %.0f s of training",
-                 test.get("exact_match", float("nan")), test.get("f1", float("nan")),
-                 dev.get("exact_match", float("nan")), dev.get("f1", float("nan")), result.steps,
-                 result.loop.train_seconds)
-    return results
+    return task
 
 
 # ---------------------------------------------------------------------------------------------- predict
 
-def _predictor_base():
-    from jaxft.predict import Predictor
-    return Predictor
-
-
-class QuestionAnswerer(_predictor_base()):
+class QuestionAnswerer(Predictor):
     """Questions + contexts -> answer spans with scores, from an exported folder (or an ensemble sharing one
     tokenizer: start and end logits averaged); compiled once per (batch size, length bucket)."""
 
-    task = "question-answering"
+    task = QUESTION_ANSWERING
+    default_max_length = DEFAULT_MAX_LENGTH
+    item_kind = "question"
 
-    def __init__(self, model_dir: str | Path | Sequence[str | Path], *, max_length: int | None = None,
-                 batch_size: int = 32, bucket_multiple: int = 16, dtype: str = "float32",
-                 batch_sizes: Sequence[int] | None = None, length_buckets: Sequence[int] | None = None,
-                 safetensors_only: bool = False):
-        from jaxft.models import QUESTION_ANSWERING
-        from jaxft.predict import load_members
-
-        models, self.tokenizer = load_members(model_dir, QUESTION_ANSWERING, dtype=dtype,
-                                              safetensors_only=safetensors_only)
-        first_dir = model_dir if isinstance(model_dir, (str, Path)) else list(model_dir)[0]
-        info_path = Path(first_dir) / TASK_FILE
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        self.model = models[0]
-        max_length = int(max_length or info.get("max_length", 384))
+    def configure(self, models):
+        info, max_length = self.info, self.max_length
         self.window = dict(max_length=max_length, doc_stride=int(info.get("doc_stride", min(128, max_length // 4))),
                            max_query_length=int(info.get("max_query_length", 64)))
         self.decoding = dict(n_best_size=int(info.get("n_best_size", 20)),
                              max_answer_length=int(info.get("max_answer_length", 30)))
         self.version_2 = bool(info.get("version_2", False))
         self.null_threshold = float(info.get("null_threshold", 0.0))
-        self.batch_size = batch_size
-        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
-        self._setup(models, span_logits, _mean_spans, pad_values, max_length=max_length,
-                    batch_sizes=batch_sizes or (batch_size,), bucket_multiple=bucket_multiple,
-                    length_buckets=length_buckets)
+        return span_logits, _mean_spans, {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
 
     def predict(self, examples: Sequence[QAExample], top_k: int = 5) -> list[dict]:
         features, _ = encode_windows(self.tokenizer, examples, **self.window)
@@ -443,22 +414,23 @@ def _mean_spans(outputs: list):
     return tuple(jnp.mean(jnp.stack([output[k] for output in outputs]), axis=0) for k in (0, 1))
 
 
-def run_predict(model_dir: str | Sequence[str], input_path: str | None, output: TextIO = sys.stdout, *,
-                max_length: int | None = None, batch_size: int = 32) -> int:
-    """Questions from a SQuAD .json or a .jsonl of {"question", "context"[, "id"]} rows; one JSON object a line
-    out: {"id", "question", "answer", "start", "end", "score", "n_best": [...]}."""
+def read_inputs(answerer: QuestionAnswerer, input_path: str | None, input_format: str = "text") -> list[dict]:
+    """Questions from a SQuAD .json or .jsonl file, or JSON lines of {"question", "context"[, "id"]} on stdin."""
     if input_path in (None, "-"):
         rows = [json.loads(line) for line in sys.stdin if line.strip()]
         examples = [_stdin_example(i, row) for i, row in enumerate(rows)]
     else:
         examples = read_squad(input_path)
-    answerer = QuestionAnswerer(model_dir, max_length=max_length, batch_size=batch_size)
-    for result in answerer.predict(examples):
-        output.write(json.dumps(result, ensure_ascii=False) + "\n")
-    return len(examples)
+    return [{"id": e.id, "question": e.question, "context": e.context} for e in examples]
 
 
 def _stdin_example(index: int, row) -> QAExample:
     if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("context"), str):
         raise DataError("<stdin>", 'each line must be a JSON object {"question": ..., "context": ...}', index + 1)
     return QAExample(str(row.get("id", index)), row["question"], row["context"], [], True, f"<stdin>:{index + 1}")
+
+
+SPEC = TaskSpec(
+    name=QUESTION_ANSWERING, summary="extractive question answering (SQuAD v1.1 / v2.0, EM and F1)",
+    config_group="qa", default_max_length=DEFAULT_MAX_LENGTH, prepare=prepare, model_options=model_options,
+    build=build, predictor=QuestionAnswerer, read_inputs=read_inputs)

@@ -21,13 +21,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxft import faults
 from jaxft.train.errors import TrainingError
 
 log = logging.getLogger("jaxft.train")
@@ -50,8 +49,10 @@ class CheckpointSaveError(TrainingError):
 
 class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int, best_metric: str, asynchronous: bool = True,
-                 is_writer: bool = True):
+                 is_writer: bool = True, on_save: Callable[[int], None] | None = None):
+        """on_save(step): called once a save has been handed to orbax (its asynchronous write may be running)."""
         self.directory = Path(directory).absolute()
+        self.on_save = on_save
         self.best_metric = best_metric
         self.keep = keep
         self.asynchronous = asynchronous
@@ -106,7 +107,8 @@ class Checkpointer:
         except Exception as err:  # OSError from the synchronous part; orbax wraps some in other types
             self._save_failed(step, err)
         self._pending_step = step
-        faults.reached("save")
+        if self.on_save is not None:
+            self.on_save(step)
 
     def wait(self) -> None:
         """Block until the last save is on disk, then write its digest. Raises CheckpointSaveError."""
@@ -144,9 +146,6 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
-
-    def best_step(self) -> int | None:
-        return self.manager.best_step()
 
     def restore(self, step: int, like_state: dict) -> tuple[dict, dict]:
         """(state, meta) of one checkpoint; CorruptCheckpoint when its files are damaged or unreadable."""

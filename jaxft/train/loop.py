@@ -37,10 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxft import faults
-from jaxft.config import ConfigError
+from jaxft.config import ConfigError, get, resume_keys
 from jaxft.data.batching import DataPosition
-from jaxft.evaluate.reports import MetricsWriter, ProgressBar
 from jaxft.models.encoder import packed_position_offset
 from jaxft.train import sharding
 from jaxft.train.batches import plan_batches
@@ -48,7 +46,9 @@ from jaxft.train.checkpoint import Checkpointer, CorruptCheckpoint
 from jaxft.train.errors import NonFiniteError, Preempted, TrainingError
 from jaxft.train.optim import learning_rate_schedule, make_optimizer
 from jaxft.train.state import Flat, ModelParts, split_model
-from jaxft.train.step import POISON_KEY, compiled_count, init_train_state, make_predict_step, make_train_step
+from jaxft.train.hooks import NO_HOOKS, Hooks
+from jaxft.train.reporting import MetricsWriter, ProgressBar
+from jaxft.train.step import compiled_count, init_train_state, make_predict_step, make_train_step
 
 log = logging.getLogger("jaxft.train")
 
@@ -111,36 +111,13 @@ def count_steps(batches, train_config) -> int:
 
 
 FINGERPRINT_FILE = "run_fingerprint.json"
-# Settings a workdir's checkpoints depend on: what the arrays are (model, head labels, PEFT layout, optimizer
-# moments), what the data position points into (data, batch size, seed) and the schedule's length. Left
-# out on purpose: mesh.* (checkpoints restore onto any mesh: tests/test_sharding.py), model.dtype and
-# model.remat (how the same parameters are computed), logging/eval/checkpoint cadence, stop_after_step.
-FINGERPRINT_KEYS = (
-    "task", "model.name_or_path",
-    "data.train_file", "data.validation_file", "data.hf_dataset", "data.hf_config_name", "data.train_split",
-    "data.validation_split", "data.tokens_column", "data.tags_column", "data.conll_token_column",
-    "data.conll_tag_column", "data.text_column", "data.text_pair_column", "data.label_column",
-    "data.tag_scheme", "data.max_length", "data.label_all_subtokens", "data.packing", "data.pack_length",
-    "data.label_separator",
-    "classification.problem_type", "classification.class_weights", "qa.doc_stride", "qa.max_query_length",
-    "train.batch_size", "train.grad_accum_steps", "train.num_epochs", "train.max_steps", "train.seed",
-    "train.adversarial", "train.adversarial_epsilon", "train.adversarial_steps", "train.adversarial_alpha",
-)
-FINGERPRINT_GROUPS = ("optim", "peft", "augment", "mlm")  # augment: the augmented train set; mlm: masking
 
 
 def run_fingerprint(config, task) -> dict:
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, f"{name}.")
-            elif name in FINGERPRINT_KEYS or name.split(".")[0] in FINGERPRINT_GROUPS:
-                flat[name] = value
-
-    walk(config.to_dict(), "")
+    """The settings a workdir's checkpoints depend on (the keys marked `resume` in jaxft/config.py: what the
+    arrays are, what the data position points into, the schedule's length), the head's labels and the number
+    of training rows."""
+    flat = {name: get(config, name) for name in resume_keys()}
     labels = getattr(task, "labels", None)
     if labels is not None:
         flat["labels"] = [str(label) for label in labels]
@@ -160,8 +137,9 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
 
 class Trainer:
     def __init__(self, config, workdir: str | Path, model, task: Task, *, trainable=None,
-                 is_writer: bool = True):
+                 is_writer: bool = True, hooks: Hooks = NO_HOOKS):
         self.config = config
+        self.hooks = hooks
         self.workdir = Path(workdir)
         self.task = task
         self.train_cfg = config.train
@@ -182,7 +160,8 @@ class Trainer:
         self.predict_step = make_predict_step(self.parts, task.predict, replicated)
         log.info(sharding.describe(self.mesh, self.state["params"], self.state["opt_state"]))
         self.checkpoints = Checkpointer(self.workdir / "checkpoints", keep=self.train_cfg.keep_checkpoints,
-                                        best_metric=f"dev_{task.main_metric}", is_writer=is_writer)
+                                        best_metric=f"dev_{task.main_metric}", is_writer=is_writer,
+                                        on_save=hooks.after_save)
         self.metrics = MetricsWriter(self.workdir, enabled=is_writer)
         self.is_writer = is_writer
         self.loop = LoopState()
@@ -314,7 +293,7 @@ class Trainer:
         def run(batch):
             out = self.predict_step(params, self.frozen, self.state["rng"],
                                     sharding.put_batch(batch, self.mesh, batch_axis=0))
-            faults.reached("eval")
+            self.hooks.after_eval_batch()
             return out
 
         return self.batches.predict(run, rows, per_token=getattr(self.task, "per_token_outputs", True))
@@ -350,12 +329,10 @@ class Trainer:
         while not stop:
             groups = self.batches.epoch(position.epoch)
             for batch_index in range(position.batch, len(groups)):
-                batch = sharding.put_batch(self.batches.collate(groups[batch_index]), self.mesh, batch_axis=1)
-                if faults.reached("nonfinite"):
-                    batch = {**batch, POISON_KEY: jnp.float32(jnp.nan)}
+                batch = self.hooks.before_step(step + 1, self.batches.collate(groups[batch_index]))
+                batch = sharding.put_batch(batch, self.mesh, batch_axis=1)
                 self.state, step_metrics = self.train_step(self.state, self.frozen, batch)
-                faults.reached("step")
-                faults.reached("sigterm")
+                self.hooks.after_step(step + 1)
                 pending.add(step_metrics)
                 self.loop.tokens_seen += self.batches.tokens(groups[batch_index])
                 step += 1

@@ -17,7 +17,7 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from jaxft.config import ConfigError
-from jaxft.train.state import dotted
+from jaxft.models.paths import dotted
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -115,7 +115,7 @@ def put_batch(batch: dict[str, np.ndarray], mesh, batch_axis: int) -> dict[str, 
     return out
 
 
-def per_device_bytes(tree, shardings=None) -> int:
+def per_device_bytes(tree) -> int:
     """Bytes that the largest-loaded device holds for `tree` (sharded arrays count their shard)."""
     total = 0
     for leaf in jax.tree.leaves(tree):

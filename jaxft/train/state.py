@@ -15,11 +15,9 @@ from typing import Any
 import jax
 from flax import nnx
 
+from jaxft.models.paths import dotted
+
 Flat = dict[str, jax.Array]
-
-
-def dotted(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +71,3 @@ def _state_from_flat(template, values: Flat) -> nnx.State:
 def rng_after_call(model: nnx.Module) -> Flat:
     """The RNG state of a merged model after it ran (counters advanced), as flat key data."""
     return _flat_values(list(nnx.to_flat_state(nnx.state(model, nnx.RngState))))
-
-
-def load_into_model(model: nnx.Module, parts: ModelParts, trainable: Flat, frozen: Flat) -> nnx.Module:
-    """Write flat parameter dicts back into a live (eager) model, e.g. before export."""
-    merged = parts.merge(trainable, frozen, _flat_values(parts.templates[2]), train=False)
-    nnx.update(model, nnx.state(merged, nnx.Param))
-    return model

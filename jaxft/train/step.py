@@ -21,11 +21,10 @@ from jaxft.train.state import Flat, ModelParts, rng_after_call
 LossFn = Callable[..., tuple[jax.Array, jax.Array]]
 # predict_fn(model, batch) -> whatever the task's evaluation consumes (e.g. log-probabilities)
 PredictFn = Callable[..., jax.Array]
-POISON_KEY = "_jaxft_poison"  # batch key of the fault-injection NaN (tests only; see jaxft.faults)
 
 
 def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Summed cross-entropy over targets >= 0 (-100 marks ignored positions), and their count."""
+    """Summed cross-entropy over targets >= 0 (IGNORE_INDEX, -100, marks ignored positions), and their count."""
     valid = labels >= 0
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid, dtype=jnp.int32)
@@ -81,12 +80,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return grads, loss_sum, count, rng
 
     def train_step(state: dict, frozen: Flat, batch: dict) -> tuple[dict, dict]:
-        poison = batch.get(POISON_KEY)  # fault injection only (jaxft.faults "nonfinite"): a NaN scalar
-        batch = {k: v for k, v in batch.items() if k != POISON_KEY}
         grads, loss_sum, count, rng = accumulate(state["params"], frozen, state["rng"], batch)
-        if poison is not None:
-            loss_sum = loss_sum * poison
-            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1).astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
         # A NaN/inf loss or gradient must not reach the parameters or the Adam moments: the update is

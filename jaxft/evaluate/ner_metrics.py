@@ -13,10 +13,6 @@ from sklearn.exceptions import UndefinedMetricWarning  # what seqeval warns with
 _AVERAGE_KEYS = ("micro avg", "macro avg", "weighted avg")
 
 
-def _zero_scores(support: int = 0) -> dict:
-    return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": support}
-
-
 def _plain_scores(seqeval_row: dict) -> dict:
     """seqeval's numpy-typed row -> plain floats/int, with 'f1-score' renamed 'f1'."""
     return {

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxft.data.batching import IGNORE_INDEX
 from jaxft.data.errors import DataError
-from jaxft.data.readers import Sentence
+from jaxft.data.ner_readers import Sentence
 
-IGNORE_INDEX = -100  # label of positions that the loss and the metrics skip
 NO_WORD = -1  # word id of special tokens and padding
 
 
