@@ -36,6 +36,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -50,11 +52,17 @@ def http(url: str, body: bytes | None = None, timeout: float = 120) -> tuple[int
 
 
 def metrics(url: str) -> dict[str, float]:
-    values = {}
-    for line in http(url + "/metrics")[1].decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
+    """/metrics summed by sample name, plus jaxft_requests_total by status (all routes) as
+    'jaxft_requests_total{status="..."}'."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(http(url + "/metrics")[1].decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                continue
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+            if sample.name == "jaxft_requests_total":
+                key = f'jaxft_requests_total{{status="{sample.labels["status"]}"}}'
+                values[key] = values.get(key, 0.0) + sample.value
     return values
 
 

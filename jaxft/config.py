@@ -22,6 +22,9 @@ from typing import Any, Iterator
 
 import ml_collections
 
+from jaxft.files import check_remote_folder, is_remote
+
+from jaxft.data.hf_objects import is_saved_dataset, is_saved_dataset_dict
 from jaxft.data.tags import SCHEMES
 
 # ---------------------------------------------------------------------------------------------- enums
@@ -35,7 +38,8 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 TAG_SCHEMES = ("auto", *SCHEMES)
 SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_no_batch")
 PEFT_METHODS = ("none", "lora", "dora", "bitfit", "houlsby", "pfeiffer", "prefix")
 ADAPTER_ACTIVATIONS = ("relu", "swish", "silu", "gelu", "tanh")
 ADVERSARIAL = ("none", "fgm", "pgd")
@@ -78,8 +82,15 @@ TOP_LEVEL = {
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "name_or_path": Key(PACKAGED_MINILM, "HF folder or hub id of the encoder", resume=True),
-        "dtype": Key("float32", "compute dtype; parameters stay float32", DTYPES),
-        "remat": Key("none", "recompute layer activations in the backward pass", REMAT_POLICIES),
+        "dtype": Key("auto", "compute dtype; parameters stay float32. auto: bfloat16 on GPU/TPU, float32 on CPU",
+                     ("auto", *DTYPES)),
+        "matmul_precision": Key("auto", "float32 matmul precision (jax_default_matmul_precision). auto: highest on "
+                                        "CPU, default on GPU/TPU (TF32 / one bfloat16 pass)", MATMUL_PRECISIONS),
+        "remat": Key("none", "recompute layer activations in the backward pass: full (keep only each layer's "
+                             "input), dots_saveable (keep matmul outputs), dots_no_batch (keep the dense layers' "
+                             "outputs, recompute attention scores)", REMAT_POLICIES),
+        "attention": Key("auto", "attention implementation: auto picks what the backend, dtype and rows allow "
+                                 "(the start-up log says what and why)", ("auto", "xla", "cudnn", "pallas")),
         "hidden_dropout": _optional(float, "dropout on hidden states; None: the checkpoint's config.json",
                                     resume=True),
         "attention_dropout": _optional(float, "dropout on attention probabilities; None: the checkpoint's "
@@ -102,8 +113,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "text_column": Key("text", "text classification, MLM: the text column", resume=True),
         "text_pair_column": _optional(str, "sentence pairs: the second text's column", resume=True),
         "label_column": Key("label", "text classification: the label column", resume=True),
+        "label_names": _optional(str, "jaxft.train / evaluate datasets objects: names of integer tags / labels "
+                                      "in id order, comma-separated ('O,B-PER,I-PER'), for data without ClassLabel "
+                                      "names; None: the data's names", resume=True),
         "max_length": Key(128, "sub-tokens per row, special tokens included", resume=True),
-        "bucket_multiple": Key(16, "batches are padded to a multiple of this (bounded compiles)"),
+        "bucket_multiple": _optional(int, "batches are padded to a multiple of this (bounded compiles); None: 16 on "
+                                          "CPU, 128 on GPU/TPU (where a compile costs more than padding)"),
         "sort_window_batches": Key(50, "train batches sorted by length within windows of this many batches (less "
                                        "padding); 1: plain random batches, as a shuffled DataLoader", resume=True),
         "packing": Key(False, "pack several short examples into each row (train and eval)", resume=True),
@@ -114,6 +129,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           resume=True),
         "label_all_subtokens": Key(False, "train every sub-token of a word (B- becomes I- after the first), "
                                           "not only the first", resume=True),
+        "crf": Key(False, "a linear-chain CRF over the word tags: trained by its likelihood, decoded by "
+                          "IOB2-constrained Viterbi; the export adds crf.safetensors", resume=True),
+        "crf_lr_ratio": Key(100.0, "the CRF's potentials learn this many times faster than the encoder",
+                            resume=True),
+        "context_tokens": Key(0, "document context (FLERT): up to this many sub-tokens of the neighbouring "
+                                 "sentences of the same document on each side; 0: off", resume=True),
+        "document_column": Key("", "tables and hub datasets: the column of document ids (CoNLL files: "
+                                   "-DOCSTART- lines)", resume=True),
+        "class_weights": Key("none", "token loss weights: none | balanced | 'label:weight,label:weight'",
+                             resume=True),
     },
     "classification": {
         "problem_type": Key("single_label_classification", "", PROBLEM_TYPES, resume=True),
@@ -161,6 +186,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "wandb": Key(False, "also log the metrics to Weights & Biases (pip install jaxft[wandb]; "
                             "WANDB_MODE=offline works without network)"),
         "wandb_project": Key("jaxft", ""),
+        "push_to_hub": Key("", "hub repo id ('user/name') to upload export/ (and export_adapter/ as adapter/) to "
+                               "after the run with huggingface_hub (token: HF_TOKEN or `hf auth login`); '': no upload"),
         "skip_nonfinite": Key(False, "NaN/inf loss or gradient: False stops the run; True skips the step"),
         "ema_decay": Key(0.0, "> 0: keep an exponential moving average of the trained weights (warm-up "
                               "min(decay, (1+t)/(10+t))); dev, test and export use it", resume=True),
@@ -169,6 +196,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "adversarial_epsilon": Key(1.0, "L2 norm of the perturbation of the embedding table", resume=True),
         "adversarial_steps": Key(3, "pgd: ascent steps", resume=True),
         "adversarial_alpha": Key(0.3, "pgd: step size (L2 norm) of each ascent step", resume=True),
+        "label_smoothing": Key(0.0, "classification and NER: targets (1 - x) one-hot + x uniform (HF Trainer's "
+                                    "label_smoothing_factor); multi-label: y (1 - x) + x / 2", resume=True),
     },
     "optim": {
         "learning_rate": Key(1e-4, "peak learning rate", resume=True),
@@ -268,6 +297,37 @@ def get(config, dotted: str):
     return node
 
 
+def describe(config: ml_collections.ConfigDict, title: str = "") -> str:
+    """Every key as `key = value  # meaning [choices]`, group by group, from the schema (the `config` command
+    and `--config FILE --help`). `*` marks a value away from its default; `(resume)` a key the workdir's
+    checkpoints depend on."""
+    rows, group = [], None
+    for name, key in keys():
+        if "." in name and name.split(".")[0] != group:
+            group = name.split(".")[0]
+            rows.append((None, f"[{group}]"))
+        try:
+            value = get(config, name)
+        except (KeyError, AttributeError):
+            value = key.default
+        changed = value != key.default and not (value in (None, "") and key.default in (None, ""))
+        notes = [key.doc] if key.doc else []
+        if key.choices:
+            notes.append(f"[{' | '.join(map(str, key.choices))}]")
+        if key.resume:
+            notes.append("(resume)")
+        rows.append((f"{'*' if changed else ' '} {name} = {value!r}", " ".join(notes)))
+    width = min(56, max(len(setting) for setting, _ in rows if setting is not None))
+    lines = [f"# {title}"] if title else []
+    lines.append("# * = set away from its default; (resume) = a resumed workdir must keep it")
+    for setting, notes in rows:
+        if setting is None:
+            lines.append(f"\n{notes}")
+        else:
+            lines.append(f"{setting:<{width}}  # {notes}" if notes else setting)
+    return "\n".join(lines) + "\n"
+
+
 def load_recipe(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """A recipe file's get_config() (configs/*.py), as the command line loads it."""
     path = Path(path)
@@ -284,7 +344,12 @@ def load_recipe(path: str | os.PathLike) -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------------- validation
 
 def suggest(name: str, known) -> str:
-    hint = difflib.get_close_matches(name, list(known), n=1)
+    """" (did you mean 'x'?)" for the closest known name; a dotted key abbreviated by its initials ('optim.lr')
+    is matched to its group's key ('optim.learning_rate')."""
+    group, _, leaf = name.rpartition(".")
+    abbreviated = [key for key in known if key.rpartition(".")[0] == group and "_" in key.rpartition(".")[2]
+                   and "".join(word[0] for word in key.rpartition(".")[2].split("_")) == leaf]
+    hint = abbreviated or difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
@@ -328,7 +393,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Everything that can be checked before data or model are touched: the schema (types and choices),
     then each group's ranges and cross-key rules."""
     check_against_schema(config)
-    for check in (_check_model, _check_data, _check_classification, _check_qa, _check_mlm, _check_train,
+    for check in (_check_model, _check_data, _check_ner, _check_classification, _check_qa, _check_mlm, _check_train,
                   _check_optim, _check_peft, _check_augment):
         check(config)
 
@@ -344,14 +409,38 @@ def _check_data(config) -> None:
     data = config.data
     if not 8 <= data.max_length <= 8192:
         raise ConfigError(f"data.max_length must be in [8, 8192], got {data.max_length}")
-    _positive(config, "data.bucket_multiple", "data.sort_window_batches")
+    _positive(config, "data.sort_window_batches")
+    if data.bucket_multiple is not None and data.bucket_multiple <= 0:
+        raise ConfigError(f"data.bucket_multiple must be > 0 (or None: by backend), got {data.bucket_multiple}")
     if data.pack_length is not None and data.pack_length <= 0:
         raise ConfigError(f"data.pack_length must be > 0 (or None: data.max_length), got {data.pack_length}")
     for key in FILE_KEYS:
         _file_exists(config, key)
+    if data.label_names:  # jaxft.api casts the objects' integer columns to ClassLabel(names) and clears it
+        raise ConfigError("data.label_names names the integer tags / labels of datasets objects given to jaxft.train "
+                          "or jaxft.evaluate; data files and hub datasets name theirs with ClassLabel features")
+    if data.hf_dataset and is_saved_dataset(data.hf_dataset) and not is_saved_dataset_dict(data.hf_dataset):
+        raise ConfigError(f"data.hf_dataset: {data.hf_dataset} is a save_to_disk folder of one Dataset (no splits): "
+                          "set data.train_file (or validation_file / test_file) to it instead")
     if data.hf_dataset and data.train_file == PACKAGED_TWEETS_NER:
         raise ConfigError("data.hf_dataset is set while data.train_file is the packaged default: "
                           "set data.train_file='' (or to the data files of a builder such as 'json')")
+
+
+def _check_ner(config) -> None:
+    ner = config.ner
+    _non_negative(config, "ner.context_tokens")
+    _positive(config, "ner.crf_lr_ratio")
+    if config.task != TOKEN_CLASSIFICATION or not ner.crf:
+        return
+    conflicts = [(config.data.packing, "data.packing=True (a CRF chain is one sentence per row)"),
+                 (ner.label_all_subtokens, "ner.label_all_subtokens=True (the CRF tags words at their first "
+                                           "sub-token)"),
+                 (config.train.label_smoothing > 0, "train.label_smoothing > 0 (it smooths softmax targets)"),
+                 (ner.class_weights.strip() not in ("", "none"), "ner.class_weights (it weights softmax terms)")]
+    for conflict, what in conflicts:
+        if conflict:
+            raise ConfigError(f"ner.crf=True does not go with {what}")
 
 
 def _check_classification(config) -> None:
@@ -384,9 +473,19 @@ def _check_train(config) -> None:
                   "train.checkpoint_every", "train.stop_after_step")
     if train.num_epochs == 0 and train.max_steps == 0:
         raise ConfigError("train.num_epochs and train.max_steps are both 0: there is nothing to train")
+    if train.push_to_hub and not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", train.push_to_hub):
+        raise ConfigError(f"train.push_to_hub must be a hub repo id ('name' or 'user/name'), got "
+                          f"{train.push_to_hub!r}")
     if not 0 <= train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off; 0.99-0.9999 are usual), "
                           f"got {train.ema_decay}")
+    if not 0 <= train.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1) (0: off; 0.1 is usual), "
+                          f"got {train.label_smoothing}")
+    if train.label_smoothing and (config.task not in (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION) or (
+            config.task == SEQUENCE_CLASSIFICATION and config.classification.problem_type == "regression")):
+        raise ConfigError(f"train.label_smoothing applies to classification and NER, not to {config.task}"
+                          + (" regression" if config.task == SEQUENCE_CLASSIFICATION else ""))
 
 
 def _check_optim(config) -> None:
@@ -446,6 +545,15 @@ def validate_workdir(config: ml_collections.ConfigDict, workdir) -> None:
     Refused: a workdir that is an existing file, and inputs (model folder, data files) that lie inside a
     folder the run overwrites, e.g. re-training `runs/x/export` with --workdir runs/x would replace the
     model being read."""
+    if is_remote(workdir):
+        problem = check_remote_folder(workdir)
+        if problem:
+            raise ConfigError(f"--workdir {workdir}: cannot write there ({problem}). For gs:// install "
+                              "jaxft[gcs] and set up credentials (gcloud auth application-default login, or "
+                              "GOOGLE_APPLICATION_CREDENTIALS)")
+        return
+    if str(workdir).startswith(("gs:/", "s3:/")):
+        raise ConfigError(f"--workdir {workdir}: a cloud path needs two slashes ({str(workdir).split(':')[0]}://...)")
     root = Path(os.path.expanduser(str(workdir)))
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--workdir {workdir}: exists and is not a folder")
@@ -480,5 +588,8 @@ def _file_exists(config, name: str) -> None:
     value = get(config, name)
     if not value or value.startswith("packaged:") or config.data.hf_dataset:
         return
-    if not os.path.isfile(os.path.expanduser(value)):
+    if is_saved_dataset_dict(value):
+        raise ConfigError(f"config key {name!r}: {value} is a save_to_disk folder of a DatasetDict: set data."
+                          "hf_dataset to it (its splits are read by name) or this key to one split's folder")
+    if not (os.path.isfile(os.path.expanduser(value)) or is_saved_dataset(value)):
         raise ConfigError(f"config key {name!r}: file not found: {value}")

@@ -8,6 +8,9 @@ What is attributed
     one; regression: the value). NER: one scalar per predicted entity, the sum over the entity's words of
     the logit of each word's predicted tag (B-x, I-x, ...) at the word's first sub-token, the position
     whose logits decide the word's tag (as `predict` reads them). `target` restricts NER to one entity type.
+    An export trained with a CRF (crf.safetensors) predicts its tags by Viterbi decoding as `predict` does
+    (scores: the CRF's marginal probabilities); the attributed scalar is the same sum of emission logits,
+    because the transition scores of the path do not depend on the input (their gradient is zero).
     Extractive QA (`text` the question, `text_pair` the context): the score of the predicted answer span,
     start logit at its first sub-token + end logit at its last, the span chosen as `predict` chooses it
     (n-best within max_answer_length; with SQuAD v2 models the null answer, start + end logit at [CLS],
@@ -68,7 +71,7 @@ from jaxft.data.text_readers import QAExample
 from jaxft.errors import USER_ERRORS
 from jaxft.evaluate.ner_metrics import decode_entities, word_char_offsets
 from jaxft.models import from_pretrained, load_tokenizer
-from jaxft.tasks import registry
+from jaxft.tasks import ner, registry
 from jaxft.tasks.predictor import read_task_file
 from jaxft.tasks.qa import NO_OFFSET, decode_example
 from jaxft.train.state import split_model
@@ -214,7 +217,7 @@ class Explainer:
     (max_answer_length, version_2, null_threshold; an export's jaxft_task.json supplies them)."""
 
     def __init__(self, model, tokenizer, *, max_length: int = 128, problem_type: str | None = None,
-                 step_batch: int = 64, qa: dict | None = None):
+                 step_batch: int = 64, qa: dict | None = None, crf=None):
         if model.task not in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING):
             raise ValueError(f"explain supports classification, NER and QA models, not {model.task!r}")
         self.task = model.task
@@ -224,6 +227,7 @@ class Explainer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.step_batch = step_batch
+        self.crf = crf  # NER trained with a CRF: tags by Viterbi decoding (tasks.ner.decode_sentence)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         parts, *self._arrays = split_model(model)
         self._forward, self._attribute = _make_functions(parts)
@@ -235,8 +239,10 @@ class Explainer:
         model = from_pretrained(model_dir, task=spec.name)
         qa = {k: info[k] for k in ("max_answer_length", "version_2", "null_threshold") if k in info}
         max_length = int(max_length or info.get("max_length") or spec.default_max_length)
+        with_crf = spec.name == TOKEN_CLASSIFICATION and info.get("crf")
+        crf = ner.read_crf_file(model_dir, model.labels) if with_crf else None
         return cls(model, load_tokenizer(model_dir), max_length=max_length, problem_type=info.get("problem_type"),
-                   step_batch=step_batch, qa=qa)
+                   step_batch=step_batch, qa=qa, crf=crf)
 
     @property
     def entity_types(self) -> list[str]:
@@ -322,10 +328,13 @@ class Explainer:
         word_position = np.empty(len(encoded.words), np.int64)
         word_position[encoded.token_words[first_positions]] = first_positions
         word_logits = logits[word_position]                              # [words, K]
-        tag_ids = word_logits.argmax(-1)
-        probs = np.exp(word_logits - word_logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        scores = probs[np.arange(len(tag_ids)), tag_ids]
+        if self.crf is not None:
+            tag_ids, scores = ner.decode_sentence(self.crf, word_logits)
+        else:
+            tag_ids = word_logits.argmax(-1)
+            probs = np.exp(word_logits - word_logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            scores = probs[np.arange(len(tag_ids)), tag_ids]
         tags = [self.labels[i] for i in tag_ids]
         words = [w["text"] for w in encoded.words]
         offsets = [(w["start"], w["end"]) for w in encoded.words]

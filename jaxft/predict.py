@@ -13,6 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
+from jaxft import runtime
 from jaxft.tasks import registry
 from jaxft.tasks.predictor import Predictor, as_folder_list
 
@@ -29,6 +30,7 @@ def load_predictor(model_dirs: str | Path | Sequence[str | Path], **options) -> 
 def run_predict(model_dirs: str | Path | Sequence[str | Path], input_path: str | None, output: TextIO = sys.stdout, *,
                 input_format: str = "text", **options) -> int:
     """Predict every input item of `input_path` (stdin when None) and write one JSON object per item."""
+    runtime.enable_compilation_cache()  # the same on-disk cache as training and serve
     dirs = as_folder_list(model_dirs)
     spec = registry.for_folder(dirs[0])
     if input_format not in spec.input_formats:

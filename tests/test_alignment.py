@@ -79,7 +79,7 @@ def test_first_subtoken_gets_the_label(tokenizer):
     assert e.word_ids.tolist() == [-1, 0, 0, 1, 2, -1]
     assert (e.input_ids.dtype, e.labels.dtype, e.word_ids.dtype) == (np.int32, np.int32, np.int32)
     assert (e.sentence_index, e.first_word) == (0, 0)
-    assert report.truncated_sentences == 0 and report.dropped_words == 0 and report.empty_words == 0
+    assert (report.truncated_sentences, report.windowed_sentences, report.windows, report.empty_words) == (0, 0, 0, 0)
 
 
 def test_label_all_subtokens_turns_b_into_i(tokenizer):
@@ -124,21 +124,30 @@ def test_zero_width_words_become_unk_for_prediction(tokenizer):
     assert per_word.tolist() == scores[1:6].tolist()
 
 
-def test_truncation_counts(tokenizer):
+def test_long_sentences_become_training_windows(tokenizer):
     sentences = [
-        sentence(["Tokenization", "a", "b", "c"], ["B-X", "O", "O", "B-LOC"]),  # 5 sub-tokens: c is cut off
+        sentence(["Tokenization", "a", "b", "c"], ["B-X", "O", "O", "B-LOC"]),  # 5 sub-tokens for 4 places
         sentence(["a", "b"], ["O", "O"]),
-        sentence(["a", "b", "c", "Tokenization"], ["O", "O", "O", "B-X"]),  # only ##ization is cut
-        sentence(["unbelievably", "b"], ["B-X", "O"]),  # 6 sub-tokens: b is cut off
+        sentence(["a", "b", "c", "Tokenization"], ["O", "O", "O", "B-X"]),
+        sentence(["unbelievably", "b"], ["B-X", "O"]),  # one word of 5 sub-tokens: cut to 4, its label kept
     ]
     encoded, report = encode_for_training(tokenizer, sentences, L2I, max_length=6)
-    assert [len(e.input_ids) for e in encoded] == [6, 4, 6, 6]
-    assert pieces(tokenizer, encoded[0]) == ["[CLS]", "token", "##ization", "a", "b", "[SEP]"]
-    assert encoded[0].labels.tolist() == [IGN, B_X, IGN, O, O, IGN]
-    assert encoded[2].labels.tolist() == [IGN, O, O, O, B_X, IGN]
-    assert encoded[3].word_ids.tolist() == [-1, 0, 0, 0, 0, -1]
-    assert [e.sentence_index for e in encoded] == [0, 1, 2, 3]
-    assert (report.sentences, report.truncated_sentences, report.dropped_words) == (4, 3, 2)
+    rows = [(e.sentence_index, e.first_word, pieces(tokenizer, e)[1:-1], e.labels[1:-1].tolist()) for e in encoded]
+    assert rows == [
+        (0, 0, ["token", "##ization", "a", "b"], [B_X, IGN, O, O]),  # b: no farther from a cut in the next window
+        (0, 2, ["b", "c"], [IGN, B_LOC]),                             # b is context here, c is trained
+        (1, 0, ["a", "b"], [O, O]),
+        (2, 0, ["a", "b", "c"], [O, O, O]),
+        (2, 2, ["c", "token", "##ization"], [IGN, B_X, IGN]),
+        (3, 0, ["un", "##bel", "##ie", "##va"], [B_X, IGN, IGN, IGN]),
+        (3, 1, ["b"], [O]),
+    ]
+    assert (report.sentences, report.windowed_sentences, report.windows, report.truncated_sentences) == (4, 3, 6, 1)
+    # every word is trained exactly once
+    for index, s in enumerate(sentences):
+        trained = [int(w) for e in encoded if e.sentence_index == index
+                   for w, label in zip(e.word_ids, e.labels) if label != IGN]
+        assert trained == list(range(len(s.tokens)))
     with pytest.raises(ValueError, match="max_length=2 leaves no room"):
         encode_for_training(tokenizer, sentences, L2I, max_length=2)
 
@@ -284,7 +293,7 @@ def test_gather_prefers_the_window_with_more_context():
 
 
 def test_gather_errors(tokenizer):
-    truncated, _ = encode_for_training(tokenizer, [sentence(["a", "b", "c"], ["O", "O", "O"])], L2I, max_length=4)
+    truncated = [Encoded(np.arange(4, dtype=np.int32), np.full(4, IGN), np.array([-1, 0, 1, -1]), 0, 0)]
     with pytest.raises(ValueError, match=r"sentence 0: words \[2\] have no sub-token in any window"):
         gather_word_predictions(truncated, [np.zeros((4, 5))], [3])
     with pytest.raises(ValueError, match="1 encoded windows but 0 score arrays"):

@@ -297,3 +297,100 @@ def test_params_get_shardings_under_a_mesh():
     specs = [sharding.spec for sharding in jax.tree.leaves(shardings)]
     assert specs == [jax.sharding.PartitionSpec(None)] * 2 + [jax.sharding.PartitionSpec(None, None)], specs
     assert np.asarray(tags).shape == (2, 3)
+
+
+def test_per_row_boundaries_against_brute_force():
+    """start/end may be [B, L]: a row with zeros is a chain that continues beyond the row (no boundary score,
+    no boundary constraint), the others keep theirs."""
+    labels = NER_LABELS
+    emissions, tags, mask, lengths, potentials = random_case(13, len(labels), 4, (4, 3, 2, 0))
+    transitions, start, end = constrained(potentials, labels)
+    open_start = np.array([True, False, True, False])
+    open_end = np.array([False, True, True, False])
+    starts = np.where(open_start[:, None], 0.0, np.asarray(start)[None]).astype(np.float32)
+    ends = np.where(open_end[:, None], 0.0, np.asarray(end)[None]).astype(np.float32)
+    log_z = np.asarray(log_partition(emissions, mask, transitions, starts, ends))
+    decoded, best = (np.asarray(x) for x in viterbi_decode(emissions, mask, transitions, starts, ends))
+    gold = np.asarray(sequence_score(emissions, tags, mask, transitions, starts, ends))
+    got_marginals = np.asarray(jax.jit(crf.marginals)(emissions, mask, transitions, starts, ends))
+    raw_transitions, raw_start, raw_end = potentials
+    allowed, start_ok, end_ok = crf.iob2_constraints(labels)
+    for row, length in enumerate(lengths):
+        # brute force over the paths that the row's rules allow: IOB2 moves always, boundaries where closed
+        row_start = np.zeros(len(labels)) if open_start[row] else raw_start
+        row_end = np.zeros(len(labels)) if open_end[row] else raw_end
+        ok_start = np.ones(len(labels), bool) if open_start[row] else start_ok
+        paths = [p for p in itertools.product(range(len(labels)), repeat=length)
+                 if ok_start[p[0]] and all(allowed[a, b] for a, b in itertools.pairwise(p))] if length else [()]
+        scores = np.array([path_score(emissions[row].astype(np.float64), p, raw_transitions, row_start, row_end)
+                           if p else 0.0 for p in paths])
+        top = scores.max()
+        np.testing.assert_allclose(log_z[row], top + np.log(np.exp(scores - top).sum()), rtol=0, atol=TOL)
+        np.testing.assert_allclose(best[row], top, rtol=0, atol=TOL)
+        assert tuple(decoded[row, :length]) == paths[int(np.argmax(scores))]
+        if length:
+            probabilities = np.exp(scores - log_z[row])
+            want = np.zeros((length, len(labels)))
+            for path, probability in zip(paths, probabilities):
+                want[np.arange(length), list(path)] += probability
+            np.testing.assert_allclose(got_marginals[row, :length], want, rtol=0, atol=TOL)
+            if all(allowed[a, b] for a, b in itertools.pairwise(tags[row, :length])) and ok_start[tags[row, 0]]:
+                want_gold = path_score(emissions[row], tags[row, :length], raw_transitions, row_start, row_end)
+                np.testing.assert_allclose(gold[row], want_gold, rtol=0, atol=1e-4)
+        assert not got_marginals[row, length:].any()
+    with pytest.raises(ValueError, match=r"start/end: \[labels\] or \[batch, labels\]"):
+        crf.log_partition(emissions, mask, transitions, starts[:2], ends)
+
+
+def test_marginals_sum_to_one_and_match_the_gradient():
+    emissions, _, mask, lengths, potentials = random_case(17, len(NER_LABELS), 5, (5, 1, 0, 3))
+    used = constrained(potentials, NER_LABELS)
+    got = np.asarray(jax.jit(crf.marginals)(emissions, mask, *used))
+    np.testing.assert_allclose(got.sum(-1), mask.astype(float), rtol=0, atol=1e-5)
+    gradient = jax.grad(lambda e: log_partition(e, mask, *used).sum())(emissions)
+    np.testing.assert_allclose(got, np.where(mask[..., None], gradient, 0.0), rtol=0, atol=1e-6)
+
+
+def test_select_steps_moves_chosen_positions_to_the_front_in_order():
+    keep = np.array([[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    order, mask = (np.asarray(x) for x in crf.select_steps(keep))
+    assert order[0, :3].tolist() == [1, 3, 4] and mask[0].tolist() == [1, 1, 1, 0, 0, 0]
+    assert not mask[1].any() and order[2].tolist() == list(range(6)) and mask[2].all()
+    assert all(sorted(row) == list(range(6)) for row in order.tolist())  # a permutation: scatter-back is total
+
+
+@pytest.mark.parametrize("ratio", [1.0, 10.0, 100.0])
+def test_lr_ratio_scales_the_potentials_and_passes_the_gradient_through(ratio):
+    """potentials = ratio x stored, d loss / d stored = d loss / d potentials: Adam's step on the stored value
+    (about lr, whatever the gradient's scale) moves the potentials ratio x lr."""
+    import optax
+
+    rng = np.random.default_rng(3)
+    arrays = {key: rng.normal(size=shape).astype(np.float32)
+              for key, shape in (("transitions", (5, 5)), ("start_transitions", (5,)), ("end_transitions", (5,)))}
+    model = crf.CRF.from_arrays(NER_LABELS, arrays, lr_ratio=ratio)
+    for key, value in crf.transition_arrays(model).items():
+        np.testing.assert_allclose(value, arrays[key], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(getattr(model, key)[...]) * ratio, arrays[key], rtol=1e-6)
+    emissions, tags, mask, _, _ = random_case(4, 5, 4, (4, 3))
+    tags[:] = np.where(mask, 0, -100)
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        return nnx.merge(graphdef, state).nll(emissions, tags, mask).sum()
+
+    grads = jax.grad(loss)(state)
+    reference = jax.grad(lambda t: negative_log_likelihood(
+        emissions, tags, mask, *crf.apply_constraints(t, arrays["start_transitions"], arrays["end_transitions"],
+                                                      *crf.iob2_constraints(NER_LABELS))).sum())(
+        arrays["transitions"])
+    np.testing.assert_allclose(np.asarray(grads["transitions"][...]), reference, rtol=1e-5, atol=1e-6)
+    tx = optax.adam(1e-3)
+    updates, _ = tx.update(grads, tx.init(state), state)
+    moved = nnx.merge(graphdef, optax.apply_updates(state, updates))
+    step = crf.transition_arrays(moved)["transitions"] - arrays["transitions"]
+    moving = np.abs(reference) > 1e-3  # disallowed moves have (almost) no gradient and stay put
+    assert moving.sum() > 10
+    np.testing.assert_allclose(np.abs(step[moving]), ratio * 1e-3, rtol=1e-3)  # Adam's first step: lr x sign(g)
+    with pytest.raises(ValueError, match="lr_ratio must be > 0"):
+        crf.CRF(NER_LABELS, lr_ratio=0.0)

@@ -17,16 +17,20 @@ PACKAGE = Path(__file__).parent.parent / "jaxft"
 # layer -> modules (prefixes) it must not import
 FORBIDDEN = {
     "jaxft.models": ("jaxft.tasks", "jaxft.train", "jaxft.peft", "jaxft.predict", "jaxft.serve", "jaxft.explain",
-                     "jaxft.quantize", "jaxft.main", "jaxft.sweep"),
+                     "jaxft.quantize", "jaxft.main", "jaxft.sweep", "jaxft.api", "jaxft.hub"),
     "jaxft.data": ("jaxft.models", "jaxft.tasks", "jaxft.train", "jaxft.peft", "jaxft.predict", "jaxft.serve",
-                   "jaxft.explain", "jaxft.quantize", "jaxft.main"),
+                   "jaxft.explain", "jaxft.quantize", "jaxft.main", "jaxft.api"),
     "jaxft.config": ("jaxft.models", "jaxft.tasks", "jaxft.train", "jaxft.peft", "jaxft.predict", "jaxft.serve",
-                     "jaxft.main"),
+                     "jaxft.main", "jaxft.api"),
     "jaxft.train": ("jaxft.tasks", "jaxft.peft", "jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.quantize",
-                    "jaxft.main"),
-    "jaxft.peft": ("jaxft.tasks", "jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.quantize", "jaxft.main"),
-    "jaxft.evaluate": ("jaxft.tasks", "jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.main"),
-    "jaxft.tasks": ("jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.quantize", "jaxft.main", "jaxft.sweep"),
+                    "jaxft.main", "jaxft.api"),
+    "jaxft.peft": ("jaxft.tasks", "jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.quantize", "jaxft.main", "jaxft.api"),
+    "jaxft.evaluate": ("jaxft.tasks", "jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.main", "jaxft.api"),
+    "jaxft.tasks": ("jaxft.predict", "jaxft.serve", "jaxft.explain", "jaxft.quantize", "jaxft.main", "jaxft.sweep",
+                    "jaxft.api"),
+    "jaxft.hub": ("jaxft.tasks", "jaxft.predict", "jaxft.serve", "jaxft.main", "jaxft.api"),
+    "jaxft.predict": ("jaxft.serve", "jaxft.main", "jaxft.api"),
+    "jaxft.serve": ("jaxft.main", "jaxft.api"),
 }
 
 

@@ -75,14 +75,17 @@ def check_common(summary: dict, workdir: Path, task: str) -> None:
     model = jm.from_pretrained(export, task=task)  # the export folder loads, with the labels the notebook saw
     assert list(model.labels) == summary["export_labels"]
     assert len(summary["predictions"]) == 2
+    assert summary["model_card"] is True and (export / "README.md").read_text().startswith("---\n")
 
 
 def check_ner(summary: dict) -> None:
     for split in ("dev", "test"):
         assert 0.0 <= summary[split]["f1"] <= 1.0
     assert "O" in summary["export_labels"] and any(l.startswith("B-") for l in summary["export_labels"])
-    for prediction in summary["predictions"]:
-        assert isinstance(prediction["entities"], list) and prediction["text"]
+    for entities in summary["predictions"]:  # jaxft.pipeline: the transformers pipeline's keys
+        assert isinstance(entities, list)
+        assert all(set(entity) == {"entity_group", "word", "start", "end", "score"} for entity in entities)
+    assert summary["evaluate_matches"] is True  # jaxft.evaluate on the test rows = the run's test metrics
 
 
 @pytest.mark.parametrize("name", ["ner_tpu", "lora_gpu", "sentiment"])
@@ -95,6 +98,7 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
         for split in ("dev", "test"):
             assert 0.0 <= summary[split]["accuracy"] <= 1.0 and "macro_f1" in summary[split]
         assert sorted(summary["export_labels"]) == ["fresh", "rotten"]
+        assert [set(p) for p in summary["predictions"]] == [{"label", "score"}] * 2
         assert [p["label"] in ("fresh", "rotten") for p in summary["predictions"]] == [True, True]
         assert math.isfinite(summary["explain_relative_gap"])
         return
@@ -128,3 +132,20 @@ def test_parameters_cell_is_tagged():
         assert "parameters" in code[0].metadata.get("tags", []), path.name
         assert "JAXFT_NOTEBOOK_SMOKE" in code[0].source and "JAXFT_SOURCE" in code[0].source
         assert all(not cell.get("outputs") for cell in code), f"{path.name}: committed with outputs"
+
+
+def test_a_missing_source_stops_the_install_cell_with_a_message(tmp_path, monkeypatch):
+    """Outside a checkout and without JAXFT_SOURCE the install cell says what to set (no placeholder URL)."""
+    nb = nbformat.read(COLAB / "ner_tpu.ipynb", as_version=4)
+    nb.cells = [cell for cell in nb.cells if cell.cell_type == "code"][:2]  # parameters, install
+    jupyter_path = kernelspec_dir(tmp_path / "jupyter")
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    monkeypatch.setenv("JAXFT_SOURCE", "")
+    outside = tmp_path / "outside" / "notebooks"
+    outside.mkdir(parents=True)
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name=KERNEL, resources={"metadata": {"path": str(outside)}})
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="set JAXFT_SOURCE in the first cell"):
+        client.execute()
+    assert "YOUR_ORG" not in (COLAB / "ner_tpu.ipynb").read_text()
+    printed = "".join(output.get("text", "") for output in nb.cells[1].get("outputs", []))
+    assert "runtime: CPU" in printed

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import struct
 
 import numpy as np
@@ -11,7 +12,8 @@ from tensorboardX.proto.event_pb2 import Event
 
 from jaxft.evaluate.ner_metrics import ner_metrics
 from jaxft.evaluate.reports import plot_training_curves, print_results_table, read_metrics
-from jaxft.train.reporting import MetricsWriter, ProgressBar
+from jaxft.train.hooks import NO_HOOKS
+from jaxft.train.reporting import EvalProgressHooks, MetricsWriter, ProgressBar, ProgressLog
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -149,14 +151,20 @@ def test_print_results_table_accepts_a_single_split():
 
 def test_progress_bar_shows_step_loss_and_throughput():
     output = io.StringIO()
-    with ProgressBar(total=10, console=Console(file=output, width=120)) as bar:
+    with ProgressBar(total=10, console=Console(file=output, width=120, force_terminal=True)) as bar:
         bar.update(5, loss=0.1234, tokens_per_sec=12345.6)
         bar.update(10, loss=np.float32(0.05))  # throughput kept from the last update
     shown = output.getvalue()
-    # Not a terminal: rich prints the final state once.
-    assert shown.count("10/10") == 1
+    assert "10/10" in shown
     assert "loss 0.0500" in shown
     assert "12,346 tok/s" in shown
+
+
+def test_progress_bar_prints_nothing_where_it_cannot_render():
+    output = io.StringIO()  # a log file: ProgressLog's lines take the bar's place there
+    with ProgressBar(total=10, console=Console(file=output, width=120)) as bar:
+        bar.update(10, loss=0.5, tokens_per_sec=10.0)
+    assert output.getvalue() == ""
 
 
 def test_disabled_progress_bar_prints_nothing():
@@ -167,3 +175,87 @@ def test_disabled_progress_bar_prints_nothing():
     bar.close()
     bar.close()  # idempotent
     assert output.getvalue() == ""
+
+
+# ----------------------------------------------------------------------------- plain log lines
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def capture_log(name: str):
+    records = []
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger.handlers = [handler]
+    return logger, records
+
+
+def test_progress_log_train_lines_with_epoch_lr_throughput_and_eta(tmp_path):
+    clock = Clock()
+    logger, lines = capture_log("test.progress.train")
+    progress = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=40, predict_rows=64, log=logger,
+                           clock=clock)
+    with MetricsWriter(tmp_path) as writer:
+        writer.add_listener(progress.record_written)
+        clock.now = 20.0  # the first 10 steps, compilation included, took 20 s: 90 more at that pace = 180 s
+        writer.write(10, "train", {"loss": 2.5, "learning_rate": 1e-4, "tokens_per_sec": 1234.4, "grad_norm": 1.0})
+        clock.now = 30.0  # then 10 steps in 10 s: the eta follows the pace since the first line
+        writer.write(20, "train", {"loss": 1.25, "learning_rate": 5e-5, "tokens_per_sec": 2000.0})
+        writer.write(20, "dev", {"f1": 0.5})  # not a train line
+    assert lines == ["step 10/100 (epoch 0.25) loss 2.5000 lr 1.00e-04 1,234 tokens/s eta 3m00s",
+                     "step 20/100 (epoch 0.50) loss 1.2500 lr 5.00e-05 2,000 tokens/s eta 1m20s"]
+
+
+def test_progress_log_leaves_train_lines_to_the_bar_and_resumes_from_its_step(tmp_path):
+    clock = Clock()
+    logger, lines = capture_log("test.progress.bar")
+    quiet = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=10, predict_rows=None, train_lines=False,
+                        log=logger, clock=clock)
+    quiet.record_written(10, "train", {"loss": 1.0})
+    assert lines == []
+    resumed = ProgressLog(total_steps=100, start_step=50, steps_per_epoch=10, predict_rows=None, log=logger,
+                          clock=clock)
+    clock.now = 5.0
+    resumed.record_written(60, "train", {"loss": 1.0})
+    assert lines == ["step 60/100 (epoch 6.00) loss 1.0000 eta 0m20s"]
+
+
+def test_progress_log_shows_evaluation_progress():
+    clock = Clock()
+    logger, lines = capture_log("test.progress.eval")
+    progress = ProgressLog(total_steps=10, start_step=0, steps_per_epoch=10, predict_rows=64, log=logger,
+                           clock=clock, every_seconds=10.0)
+    hooks = EvalProgressHooks(NO_HOOKS, progress)
+
+    def predict_batches(rows):
+        for start in range(0, len(rows), 64):
+            clock.now += 6.0
+            hooks.after_eval_batch()
+        return rows
+
+    def evaluate(split, predict_batches):
+        return {"rows": len(predict_batches(list(range(200))))}
+
+    assert progress.watch(evaluate)("dev", predict_batches) == {"rows": 200}
+    assert lines == ["evaluating dev: 200 rows in 4 batches", "evaluating dev: 2/4 batches, 12 s",
+                     "evaluating dev: 4/4 batches, 24 s", "evaluated dev in 24.0 s"]
+    lines.clear()
+    hooks.after_eval_batch()  # a batch outside an evaluation (nothing watched): no line
+    assert progress.watch(lambda split, predict: {"sentences": 0})("test", predict_batches) == {"sentences": 0}
+    assert lines == []  # an empty split predicts nothing: no lines
+
+
+def test_an_empty_split_gets_no_table():
+    dev = ner_metrics([["B-LOC"]], [["B-LOC"]])
+    text = print_results_table({"dev": dev, "test": {"f1": float("nan"), "sentences": 0}},
+                               console=Console(file=io.StringIO()))
+    assert "dev results" in text and "test results" not in text and "nan" not in text
+    assert print_results_table({"test": {"f1": float("nan"), "sentences": 0}}, console=Console(file=io.StringIO())) == ""

@@ -46,13 +46,20 @@ def post(port: int, payload) -> tuple[int, dict]:
 
 
 class Server:
-    def __init__(self, models: list[Path], *extra: str):
+    """`serve` as a subprocess on a free port; ready when constructed (wait=False: once wait_ready() returns,
+    so that several servers can start at the same time)."""
+
+    def __init__(self, models: list[Path], *extra: str, wait: bool = True):
         self.port = free_port()
         command = [sys.executable, "-m", "jaxft.main", "serve", "--port", str(self.port), *SHAPES, *LIMITS, *extra]
         for model in models:
             command += ["--model", str(model)]
         self.log = open(Path(models[0]).parent / f"serve-{self.port}.log", "w+")
         self.process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.time() + 300
         while time.time() < deadline:
             assert self.process.poll() is None, self.output()
@@ -71,23 +78,38 @@ class Server:
         self.log.seek(0)
         return self.log.read()[-3000:]
 
-    def metrics(self) -> dict[str, float]:
-        status, raw = http(self.port, "GET", "/metrics")
-        assert status == 200
-        values = {}
-        for line in raw.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
-        return values
+    def metrics(self, headers=None) -> "Metrics":
+        status, raw = http(self.port, "GET", "/metrics", headers=headers)
+        assert status == 200, raw[:300]
+        return Metrics(raw.decode())
 
     def stop(self):
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+class Metrics:
+    """/metrics parsed by prometheus_client's parser: value(name, **labels) sums the samples of that name whose
+    labels include the given ones (m["name"]: all of them)."""
+
+    def __init__(self, text: str):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.families = {family.name: family for family in text_string_to_metric_families(text)}
+        self.samples = [sample for family in self.families.values() for sample in family.samples]
+
+    def value(self, name: str, **labels) -> float:
+        return sum(s.value for s in self.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def __getitem__(self, name: str) -> float:
+        assert any(s.name == name for s in self.samples), f"no sample {name}"
+        return self.value(name)
 
 
 def predict_cli(models: list[Path], lines: list[str], tmp: Path, name: str = "input.txt") -> list[dict]:
@@ -170,10 +192,11 @@ def test_ner_answers_equal_predict_and_nothing_compiles_after_warm_up(ner_server
         assert_same_predictions(answer["predictions"], [reference])
     metrics = ner_server.metrics()
     assert metrics["jaxft_compilations"] == metrics["jaxft_warmup_compilations"] == 4
-    assert metrics['jaxft_requests_total{status="200"}'] >= 1 + len(TEXTS) * 3
-    assert metrics["jaxft_request_latency_seconds_count"] >= 1 + len(TEXTS) * 3
+    assert metrics.value("jaxft_requests_total", route="/predict", status="200") >= 1 + len(TEXTS) * 3
+    assert metrics.value("jaxft_request_latency_seconds_count", route="/predict") >= 1 + len(TEXTS) * 3
     assert metrics["jaxft_batch_items_sum"] >= len(TEXTS) * 4
-    assert metrics['jaxft_request_latency_seconds_bucket{le="+Inf"}'] == metrics["jaxft_request_latency_seconds_count"]
+    assert metrics.value("jaxft_request_latency_seconds_bucket", route="/predict", le="+Inf") == \
+        metrics.value("jaxft_request_latency_seconds_count", route="/predict")
 
 
 @pytest.mark.parametrize("payload, status, code, words", [
@@ -203,8 +226,9 @@ def test_error_counts_and_methods(ner_server):
     post(ner_server.port, {"texts": []})
     assert http(ner_server.port, "GET", "/predict")[0] == 405
     after = ner_server.metrics()
-    assert after.get('jaxft_requests_total{status="400"}', 0) == before.get('jaxft_requests_total{status="400"}', 0) + 1
-    assert after.get('jaxft_requests_total{status="422"}', 0) == before.get('jaxft_requests_total{status="422"}', 0) + 1
+    for status in ("400", "422", "405"):
+        assert after.value("jaxft_requests_total", route="/predict", status=status) == \
+            before.value("jaxft_requests_total", route="/predict", status=status) + 1
 
 
 def test_classification_ensemble_answers_equal_predict(cls_server, exports, tmp_path):
@@ -324,7 +348,10 @@ def test_health_and_predict_wait_for_warm_up():
     status, body = asgi(app, "GET", "/health")
     assert status == 200 and body["status"] == "ready" and body["compilations"] == 2
     status, body = asgi(app, "GET", "/metrics")
-    assert 'jaxft_requests_total{status="503"} 1' in body["text"] and "jaxft_warmup_compilations 2" in body["text"]
+    metrics = Metrics(body["text"])
+    assert metrics.value("jaxft_requests_total", route="/predict", status="503") == 1
+    assert metrics.value("jaxft_requests_total", route="/health", status="503") == 1
+    assert metrics["jaxft_warmup_compilations"] == 2 and metrics["jaxft_ready"] == 1
 
 
 def test_batcher_joins_waiting_requests_up_to_max_items():

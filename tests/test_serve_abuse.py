@@ -257,7 +257,7 @@ def rss_mib(pid: int) -> float:
 
 def request_counts(server: Server) -> dict[str, float]:
     metrics = server.metrics()
-    return {s: metrics.get(f'jaxft_requests_total{{status="{s}"}}', 0.0) for s in APP_STATUSES}
+    return {s: metrics.value("jaxft_requests_total", route="/predict", status=s) for s in APP_STATUSES}
 
 
 def settled_counts(server: Server, before: dict, expected_total: int) -> dict[str, float]:

@@ -114,3 +114,45 @@ def test_two_processes_on_localhost_match_one_process(single_device, tiny_bert, 
     worst = max(abs(losses[step] - single_device[step]) for step in losses)
     assert worst <= LOSS_TOLERANCE, f"max loss difference {worst:.2e}"
     assert (tmp_path / "export" / "model.safetensors").exists() and (tmp_path / "results.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- what stays whole
+
+def model_config(**overrides):
+    from jaxft.models.config import EncoderConfig
+    hf = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 2,
+          "num_attention_heads": 12, "intermediate_size": 1536, **overrides}
+    return EncoderConfig.from_hf(hf)
+
+
+def abstract_mesh(tensor: int):
+    from jax.sharding import AbstractMesh
+    return AbstractMesh((1, 1, tensor), ("data", "fsdp", "tensor"))
+
+
+def test_a_mesh_that_cuts_heads_or_replicates_the_vocabulary_is_refused():
+    from jaxft.train.sharding import DEFAULT_RULES, MeshError, check_model_fits_mesh, parse_rules
+
+    rules = parse_rules(DEFAULT_RULES)
+    with pytest.raises(MeshError, match=r"mesh.tensor=8 does not divide the model's 12 attention heads \(mesh.rules "
+                                        r"maps 'heads' to 'tensor'\): use a mesh.tensor that divides 12 \(e.g. 2, 3, "
+                                        r"4, 6, 12\), or set 'heads=' in mesh.rules"):
+        check_model_fits_mesh(model_config(), abstract_mesh(8), rules)
+    with pytest.raises(MeshError, match="mesh.tensor=4 does not divide the model's 30522 vocabulary rows"):
+        check_model_fits_mesh(model_config(), abstract_mesh(4), rules)
+    with pytest.raises(MeshError, match="1002 intermediate"):
+        check_model_fits_mesh(model_config(intermediate_size=1002, vocab_size=30520), abstract_mesh(4), rules)
+    check_model_fits_mesh(model_config(vocab_size=30520), abstract_mesh(4), rules)        # all divisible
+    check_model_fits_mesh(model_config(), abstract_mesh(4), parse_rules("embed=fsdp,mlp=tensor,heads=tensor,vocab="))
+    check_model_fits_mesh(model_config(), abstract_mesh(1), rules)                         # no tensor axis
+
+
+def test_the_command_line_refuses_tensor_8_on_a_4_head_model(tiny_bert, small_ner_file, tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    command = [sys.executable, "-m", "jaxft.main", "--config", "configs/ner.py", "--workdir", str(tmp_path),
+               f"--config.model.name_or_path={tiny_bert}", f"--config.data.train_file={small_ner_file}",
+               "--config.train.max_steps=2", "--config.mesh.tensor=8", "--config.train.progress_bar=False"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: mesh.tensor=8 does not divide the model's 4 attention heads")

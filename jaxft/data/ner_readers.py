@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxft.data.errors import DataError
+from jaxft.data.hf_objects import (class_label_names, column_names, feature_of, is_local_source, is_saved_dataset,
+                                   load_split, source_label)
+from jaxft.data.hf_objects import columns as dataset_columns
 from jaxft.data.readers import (column_names_text, hf_load_failure_message, hf_source_label, json_rows, jsonl_rows,
                                 parquet_rows, read_text)
 from jaxft.data.tags import convert_to_bio_counted, detect_scheme, normalize_scheme, parse_tag
@@ -31,6 +34,7 @@ class Sentence:
     tokens: list[str]
     tags: list[str] | None  # None for unlabelled data
     source: str  # "file:line" of the first token, or "file:row N"
+    document: int | str | None = None  # sentences of one document share it (None: no document structure)
 
 
 
@@ -46,7 +50,9 @@ def read_conll(
     """Read a CoNLL-style file: one token a line, columns split on tabs (or on whitespace in a line
     without tabs), sentences separated by whitespace-only lines.
 
-    ``-DOCSTART-`` lines end the current sentence and are skipped; lines starting with ``"# "`` are
+    ``-DOCSTART-`` lines end the current sentence and start a new document: with at least one such line,
+    each sentence's ``document`` numbers its document (0 for sentences before the first marker), else it is
+    None (no document structure). Lines starting with ``"# "`` are
     comments (CoNLL-U style) and are skipped, so in whitespace-separated files a token ``#`` cannot be
     written as ``# TAG`` (use tabs). ``tag_column=None`` reads unlabelled files (tags are None).
 
@@ -63,18 +69,25 @@ def read_conll(
     tags: list[str] = []
     first_line = 0
     layout: tuple[int, int, str] | None = None  # (line, columns, kind) of the first token line
+    document = 0
+    marked = False  # the file has -DOCSTART- lines
 
     def end_sentence() -> None:
         if tokens:
             labelled = tags if tag_column is not None else None
             sentences.append(Sentence(list(tokens), list(labelled) if labelled is not None else None,
-                                      f"{path}:{first_line}"))
+                                      f"{path}:{first_line}", document))
         tokens.clear()
         tags.clear()
 
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
-        if not line.strip() or line.startswith("-DOCSTART-"):
+        if line.startswith("-DOCSTART-"):
+            end_sentence()
+            document += any(s.document == document for s in sentences[-1:])  # empty documents take no number
+            marked = True
+            continue
+        if not line.strip():
             end_sentence()
             continue
         if line.startswith("# "):
@@ -100,6 +113,9 @@ def read_conll(
     end_sentence()
     if not sentences:
         raise DataError(path, "no sentences found (only blank lines, comments or -DOCSTART- lines)")
+    if not marked:
+        for sentence in sentences:
+            sentence.document = None
     return sentences
 
 
@@ -142,14 +158,18 @@ def read_table(
     tokens_column: str = "tokens",
     tags_column: str | None = "tags",
     label_names: Sequence[str] | None = None,
+    document_column: str | None = None,
 ) -> list[Sentence]:
     """Read ``.json`` (a list of objects, or ``{"data": [...]}``), ``.jsonl`` or ``.parquet`` rows.
 
     Tokens must be a list of strings; tags a list of strings or of ints, where ints index
     ``label_names``. ``tags_column=None`` reads unlabelled rows. Rows with no tokens are skipped.
+    ``document_column``: a column of document ids (strings or ints); consecutive rows with the same id are
+    one document.
     """
     suffix = Path(path).suffix.lower()
-    columns = [tokens_column] + ([tags_column] if tags_column is not None else [])
+    columns = ([tokens_column] + ([tags_column] if tags_column is not None else [])
+               + ([document_column] if document_column else []))
     if suffix == ".parquet":
         rows = parquet_rows(path, columns)
     elif suffix == ".jsonl":
@@ -167,6 +187,7 @@ def read_table(
         sentence = _row_to_sentence(where, row[tokens_column], row.get(tags_column) if tags_column else None,
                                     tags_column, label_names)
         if sentence is not None:
+            sentence.document = _document_id(where, row, document_column)
             sentences.append(sentence)
         else:
             empty.append(where)
@@ -174,6 +195,16 @@ def read_table(
         raise DataError(path, "no sentences found (no rows, or only rows without tokens)")
     report_skipped_rows(path, empty)
     return sentences
+
+
+def _document_id(where: str, row, document_column: str | None) -> int | str | None:
+    if not document_column:
+        return None
+    value = row[document_column]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DataError(where, f"document id in column {document_column!r} must be a string or an integer, "
+                               f"got {value!r}")
+    return value
 
 
 def report_skipped_rows(path, empty: Sequence[str]) -> None:
@@ -230,43 +261,61 @@ def _tag_name(where: str, index: int, tag: Any, tags_column: str, label_names: S
 
 
 def read_hf_dataset(
-    name: str,
+    name: Any,
     config_name: str | None = None,
     split: str = "train",
     tokens_column: str = "tokens",
     tags_column: str | None = "tags",
     cache_dir: str | os.PathLike | None = None,
     label_names: Sequence[str] | None = None,
+    document_column: str | None = None,
     **load_kwargs: Any,
 ) -> list[Sentence]:
     """Read one split with ``datasets.load_dataset(name, config_name, split=..., **load_kwargs)``.
 
     ``name`` is a hub id (needs the hub or a cached copy) or a builder name such as "json" or "parquet"
-    with ``data_files=...``. When the tags feature is a sequence of ClassLabel, its names are used
-    (an explicit ``label_names`` wins).
+    with ``data_files=...``; or a ``Dataset`` / ``DatasetDict`` / ``IterableDataset`` object or a folder
+    that ``save_to_disk`` wrote (data.hf_objects: a DatasetDict gives ``split``, a Dataset is read whole).
+    When the tags feature is a sequence of ClassLabel, its names are used (an explicit ``label_names`` wins).
+    ``document_column``: document ids, as in ``read_table``.
     """
-    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
+    if is_local_source(name):
+        dataset, label = load_split(name, split), source_label(name, split)
+    else:
+        import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
 
-    try:
-        dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
-    except Exception as error:  # datasets raises many unrelated types
-        raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
-    if not isinstance(dataset, datasets.Dataset):
-        raise DataError(name, f"split {split!r} did not give a Dataset (got {type(dataset).__name__})")
-    label = hf_source_label(name, split, load_kwargs)
-    columns = [tokens_column] + ([tags_column] if tags_column is not None else [])
+        try:
+            dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
+        except Exception as error:  # datasets raises many unrelated types
+            raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
+        if not isinstance(dataset, datasets.Dataset):
+            raise DataError(name, f"split {split!r} did not give a Dataset (got {type(dataset).__name__})")
+        label = hf_source_label(name, split, load_kwargs)
+    return dataset_sentences(dataset, label, tokens_column, tags_column, label_names, document_column)
+
+
+def dataset_sentences(dataset, label: str, tokens_column: str = "tokens", tags_column: str | None = "tags",
+                      label_names: Sequence[str] | None = None, document_column: str | None = None
+                      ) -> list[Sentence]:
+    """The rows of one Dataset (or IterableDataset) as Sentences, each located as "label:row N"
+    (``document_column``: document ids, as in ``read_table``)."""
+    names = column_names(dataset)
+    columns = ([tokens_column] + ([tags_column] if tags_column is not None else [])
+               + ([document_column] if document_column else []))
     for column in columns:
-        if column not in dataset.column_names:
-            raise DataError(label, f"no column {column!r}; the dataset has columns: {column_names_text(dataset.column_names)}")
+        if column not in names:
+            raise DataError(label, f"no column {column!r}; the dataset has columns: {column_names_text(names)}")
     if tags_column is not None and label_names is None:
-        label_names = _class_label_names(dataset.features[tags_column])
-    data = dataset.select_columns(columns).to_dict()
+        label_names = class_label_names(feature_of(dataset, tags_column))
+    data = dataset_columns(dataset, columns)
     sentences = []
     empty: list[str] = []
     for index, tokens in enumerate(data[tokens_column]):
         tags = data[tags_column][index] if tags_column is not None else None
-        sentence = _row_to_sentence(f"{label}:row {index}", tokens, tags, tags_column, label_names)
+        where = f"{label}:row {index}"
+        sentence = _row_to_sentence(where, tokens, tags, tags_column, label_names)
         if sentence is not None:
+            sentence.document = _document_id(where, {k: data[k][index] for k in columns}, document_column)
             sentences.append(sentence)
         else:
             empty.append(f"{label}:row {index}")
@@ -276,29 +325,25 @@ def read_hf_dataset(
     return sentences
 
 
-def _class_label_names(feature: Any) -> list[str] | None:
-    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
-
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.ClassLabel):
-        return list(inner.names)
-    return None
-
-
 # ---------------------------------------------------------------- dispatch, scheme conversion, splits
 
 
 def read_sentences(path: str | os.PathLike, *, token_column: int = 0, tag_column: int | None = -1,
                    tokens_column: str = "tokens", tags_column: str = "tags",
-                   label_names: Sequence[str] | None = None, encoding: str = "utf-8") -> list[Sentence]:
+                   label_names: Sequence[str] | None = None, encoding: str = "utf-8",
+                   document_column: str | None = None) -> list[Sentence]:
     """Read a file by its extension: CoNLL text (``read_conll``: token_column, tag_column, encoding) or a
     table (``read_table``: tokens_column, tags_column, label_names); the other reader's options are unused.
     """
+    if is_saved_dataset(path):  # a save_to_disk folder of one Dataset (data.hf_objects)
+        return dataset_sentences(load_split(path, None), str(path), tokens_column, tags_column, label_names,
+                                 document_column)
     suffix = Path(path).suffix.lower()
     if suffix in CONLL_EXTENSIONS:
         return read_conll(path, token_column=token_column, tag_column=tag_column, encoding=encoding)
     if suffix in TABLE_EXTENSIONS:
-        return read_table(path, tokens_column=tokens_column, tags_column=tags_column, label_names=label_names)
+        return read_table(path, tokens_column=tokens_column, tags_column=tags_column, label_names=label_names,
+                          document_column=document_column)
     known = ", ".join(CONLL_EXTENSIONS + TABLE_EXTENSIONS)
     raise DataError(path, f"unknown file extension {suffix!r}: expected one of {known}")
 
@@ -334,7 +379,7 @@ def sentences_to_bio(sentences: Sequence[Sentence], scheme: str = "auto") -> Bio
         except ValueError as error:
             raise DataError(sentence.source, str(error)) from None
         repaired += result.repaired
-        converted.append(Sentence(list(sentence.tokens), result.tags, sentence.source))
+        converted.append(Sentence(list(sentence.tokens), result.tags, sentence.source, sentence.document))
     return BioSentences(converted, scheme, repaired)
 
 

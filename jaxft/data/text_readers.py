@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from jaxft.data.errors import DataError
+from jaxft.data.hf_objects import (class_label_names, column_names, feature_of, is_local_source, is_saved_dataset,
+                                   load_split, source_label)
+from jaxft.data.hf_objects import columns as dataset_columns
 from jaxft.data.readers import (column_names_text, hf_load_failure_message, hf_source_label, json_rows, jsonl_rows,
                                 packaged_path, parquet_rows, read_text)
 
@@ -61,6 +64,9 @@ def read_text_examples(path: str | os.PathLike, text_column: str = "text", text_
     or label is an error naming its line (or row); an empty text is kept (the model sees [CLS] [SEP]).
     `allow_empty_label` keeps an empty label string (multi-label: no label applies).
     """
+    if is_saved_dataset(path):  # a save_to_disk folder of one Dataset (data.hf_objects)
+        return dataset_text_examples(load_split(path, None), str(path), text_column, text_pair_column,
+                                     label_column, allow_empty_label)[0]
     suffix = table_suffix(path)
     columns = [text_column] + ([text_pair_column] if text_pair_column else []) + \
         ([label_column] if label_column else [])
@@ -165,39 +171,50 @@ def _text(where: str, value: Any, column: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- HF datasets
 
-def read_hf_text_dataset(name: str, config_name: str | None, split: str, text_column: str = "text",
+def read_hf_text_dataset(name: Any, config_name: str | None, split: str, text_column: str = "text",
                          text_pair_column: str = "", label_column: str | None = "label",
                          cache_dir: str | os.PathLike | None = None, **load_kwargs: Any
                          ) -> tuple[list[TextExample], list[str] | None]:
-    """One split of ``datasets.load_dataset(name, config_name, split=...)`` as TextExamples, and the label
-    names when the label feature is a ClassLabel (or a sequence of them): integer labels become those names."""
+    """One split of ``datasets.load_dataset(name, config_name, split=...)`` (or of a Dataset / DatasetDict /
+    IterableDataset object or save_to_disk folder: data.hf_objects) as TextExamples, and the label names when
+    the label feature is a ClassLabel (or a sequence of them): integer labels become those names."""
+    dataset, label = _hf_split(name, config_name, split, cache_dir, load_kwargs)
+    return dataset_text_examples(dataset, label, text_column, text_pair_column, label_column)
+
+
+def _hf_split(name: Any, config_name: str | None, split: str, cache_dir, load_kwargs: dict):
+    """(dataset, label for errors) of a hub id / builder, or of a datasets object or save_to_disk folder."""
+    if is_local_source(name):
+        return load_split(name, split), source_label(name, split)
     import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
 
     try:
         dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
     except Exception as error:  # datasets raises many unrelated types
         raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
-    label = hf_source_label(name, split, load_kwargs)
+    return dataset, hf_source_label(name, split, load_kwargs)
+
+
+def dataset_text_examples(dataset, label: str, text_column: str = "text", text_pair_column: str = "",
+                          label_column: str | None = "label", allow_empty_label: bool = False
+                          ) -> tuple[list[TextExample], list[str] | None]:
+    """The rows of one Dataset (or IterableDataset) as TextExamples located as "label:row N", and the
+    ClassLabel names of the label column (None when it has none)."""
+    names_in = column_names(dataset)
     columns = [c for c in (text_column, text_pair_column, label_column) if c]
     for column in columns:
-        if column not in dataset.column_names:
-            raise DataError(label, f"no column {column!r}; the dataset has columns: {column_names_text(dataset.column_names)}")
-    names = _class_names(dataset.features[label_column]) if label_column else None
-    data = dataset.select_columns(columns).to_dict()
+        if column not in names_in:
+            raise DataError(label, f"no column {column!r}; the dataset has columns: {column_names_text(names_in)}")
+    names = class_label_names(feature_of(dataset, label_column)) if label_column else None
+    data = dataset_columns(dataset, columns)
     examples = []
-    for index in range(len(dataset)):
+    for index in range(len(data[columns[0]])):
         row = {column: data[column][index] for column in columns}
         if names is not None and label_column:
             row[label_column] = _name_of(f"{label}:row {index}", row[label_column], names)
-        examples.append(_row_to_example(f"{label}:row {index}", row, text_column, text_pair_column, label_column))
+        examples.append(_row_to_example(f"{label}:row {index}", row, text_column, text_pair_column, label_column,
+                                        allow_empty_label))
     return examples, names
-
-
-def _class_names(feature: Any) -> list[str] | None:
-    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
-
-    feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) / List(ClassLabel)
-    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
 def _name_of(where: str, value: Any, names: list[str]):
@@ -230,7 +247,10 @@ class QAExample:
 
 
 def read_squad(path: str | os.PathLike) -> list[QAExample]:
-    """SQuAD v1.1/v2.0 JSON, or flat JSON/JSONL rows (HF datasets' squad layout), in file order."""
+    """SQuAD v1.1/v2.0 JSON, or flat JSON/JSONL rows (HF datasets' squad layout), in file order; a
+    save_to_disk folder of one Dataset in the squad layout (data.hf_objects) too."""
+    if is_saved_dataset(path):
+        return dataset_squad(load_split(path, None), str(path))
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl":
         examples = [_flat_qa(where, row) for where, row in jsonl_rows(path)]
@@ -320,13 +340,13 @@ def _flat_qa(where: str, row: dict) -> QAExample:
                      str(row.get("title", "")))
 
 
-def read_hf_squad(name: str, config_name: str | None, split: str, cache_dir=None, **load_kwargs) -> list[QAExample]:
-    """One split of a hub dataset in the squad layout (squad, squad_v2, ...)."""
-    import datasets  # datasets loads only for hub datasets (seconds of start-up otherwise)
+def read_hf_squad(name: Any, config_name: str | None, split: str, cache_dir=None, **load_kwargs) -> list[QAExample]:
+    """One split of a hub dataset in the squad layout (squad, squad_v2, ...), or of a datasets object or
+    save_to_disk folder (data.hf_objects)."""
+    dataset, label = _hf_split(name, config_name, split, cache_dir, load_kwargs)
+    return dataset_squad(dataset, label)
 
-    try:
-        dataset = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, **load_kwargs)
-    except Exception as error:  # datasets raises many unrelated types
-        raise DataError(name, hf_load_failure_message(name, config_name, split, cache_dir, load_kwargs, error)) from error
-    label = hf_source_label(name, split, load_kwargs)
+
+def dataset_squad(dataset, label: str) -> list[QAExample]:
+    """The rows of one Dataset (or IterableDataset) in the squad layout as QAExamples ("label:row N")."""
     return [_flat_qa(f"{label}:row {index}", row) for index, row in enumerate(dataset)]

@@ -62,8 +62,17 @@ def plot_training_curves(metrics_jsonl_path, png_path, dev_metric: str | None = 
 
 # ----------------------------------------------------------------------------- results table
 
+COUNT_KEYS = ("sentences", "examples", "questions")  # how many items a split's metrics were computed on
+
+
 def _is_split_metrics(value) -> bool:
     return isinstance(value, dict) and ("f1" in value or "accuracy" in value)
+
+
+def _is_empty_split(metrics: dict) -> bool:
+    """Metrics of a split with no data (no test file): a table of them would show zeros and nan."""
+    return any(metrics.get(key) == 0 for key in COUNT_KEYS) or (
+        not metrics.get("per_type") and all(as_scalar(v) is None or v != v for v in metrics.values()))
 
 
 def _score_cells(scores: dict) -> list[str]:
@@ -91,13 +100,14 @@ def _ordered_splits(results: dict) -> list[str]:
     """dev, then test, then any other split that holds metrics."""
     preferred = [split for split in ("dev", "test") if split in results]
     others = [split for split in results if split not in preferred]
-    return [split for split in preferred + others if _is_split_metrics(results[split])]
+    return [split for split in preferred + others
+            if _is_split_metrics(results[split]) and not _is_empty_split(results[split])]
 
 
 def print_results_table(results: dict, console: Console | None = None) -> str:
     """Print per-type precision/recall/F1/support plus the micro row for each split of
-    `results` ({split: ner_metrics(...)}); a bare metrics dict is shown as "test".
-    Returns the rendered text (no colour codes)."""
+    `results` ({split: ner_metrics(...)}); a bare metrics dict is shown as "test". A split without data
+    (0 sentences, or nothing but nan) gets no table. Returns the rendered text (no colour codes)."""
     if _is_split_metrics(results):
         results = {"test": results}
     console = console or Console()

@@ -6,8 +6,9 @@ Conventions
   k/v head n // (N // K) (K == N is plain multi-head attention). The context is [B, T, N, H] in q's dtype.
 - segment_ids: int [B, T]. 0 is padding; a query attends only to keys with its own non-zero id.
   `packed=False` (static) promises one left-aligned example per row (ids 1 then 0); `packed=True` allows
-  several (1, 2, 3, ... then 0). Padding query positions get a zero context, so they also send no gradient
-  anywhere.
+  several (1, 2, 3, ... then 0). What padding query positions get is not part of the contract (nothing reads
+  them): with padded rows the "xla" path computes them as Hugging Face does (over the row's real keys), so
+  whole hidden-state tensors match PyTorch; packed rows and the kernels give them a zero context.
 - window (left, right): query i attends keys j with i - left <= j <= i + right, on top of the segment rule
   (ModernBERT's sliding layers: left = right = local_attention // 2). None: no window.
 - bias: an additive float score bias broadcastable to [B, N, T, T] (DeBERTa / MPNet relative positions).
@@ -79,7 +80,23 @@ def attention(q, k, v, *, segment_ids, packed: bool, window: tuple[int, int] | N
     else:
         context = _pallas_attention(q, k, v, segment_ids, window=window, scale=scale,
                                     backend=request["backend"])
-    return _zero_padding_queries(context, segment_ids).astype(q.dtype)
+    if packed or implementation != "xla":
+        context = _zero_padding_queries(context, segment_ids)
+    return context.astype(q.dtype)
+
+
+def masked_attention(q, k, v, allowed, *, dropout_rate: float = 0.0, dropout_rng=None, scale: float | None = None):
+    """The explicit maths for layouts the entry point does not describe (e.g. prefix tuning's learned keys
+    before the real ones): q [B, T, N, H], k/v [B, S, N, H], `allowed` boolean broadcastable to [B, N, T, S].
+    Scores and softmax in float32, dropout as in the "xla" implementation."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.where(allowed, scores, _MASKED_SCORE), axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    context = jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return context.astype(q.dtype)
 
 
 def choose(requested: str, *, backend: str, dtype, packed: bool, window, has_bias: bool,

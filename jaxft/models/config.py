@@ -78,6 +78,7 @@ class EncoderConfig:
     sequence_dropout: float     # dropout in the sequence-classification head
     qa_dropout: float           # dropout before the QA span head (DistilBERT only; 0 elsewhere)
     pad_token_id: int
+    attention: str = "auto"     # model.attention: the implementation (models/attention.py); not from config.json
 
     @property
     def family(self) -> Family:

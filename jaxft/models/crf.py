@@ -4,10 +4,13 @@ Contents:
 - `iob2_constraints(labels)`: which tag may follow which, start and end a sequence under IOB2.
 - `apply_constraints(...)`: learned potentials plus `CONSTRAINT_PENALTY` where a move is not allowed.
 - Pure, batched, jit-able functions: `log_partition`, `sequence_score`, `negative_log_likelihood`,
-  `viterbi_decode` (forward algorithm and Viterbi with `jax.lax.scan`, backtracking with a reverse scan).
+  `viterbi_decode` (forward algorithm and Viterbi with `jax.lax.scan`, backtracking with a reverse scan),
+  `marginals` (per-position tag probabilities: the gradient of log Z), `select_steps` (move chosen positions,
+  e.g. each word's first sub-token, to the front of each row, in order).
 - `CRF`: an NNX module holding the learned potentials and applying the IOB2 constraints of its labels
-  (`nll`, `log_partition`, `decode`, `potentials`);
-  `transition_arrays(crf)` / `CRF.from_arrays(labels, arrays)` convert to and from numpy arrays.
+  (`nll`, `log_partition`, `decode`, `potentials`), optionally learning `lr_ratio` times faster than the
+  rest of the model; `transition_arrays(crf)` / `CRF.from_arrays(labels, arrays)` convert to and from numpy
+  arrays.
 
 Conventions (B batch, T time steps, L labels):
 - emissions: float [B, T, L], the tag logits of each word. Padding positions may hold anything (even inf or
@@ -17,7 +20,9 @@ Conventions (B batch, T time steps, L labels):
   detected and gives meaningless results.
 - tags: int [B, T] in [0, L) at real positions; padding positions may hold anything (e.g. -100).
 - transitions: [L, L], `transitions[i, j]` scores moving FROM tag i (at t-1) TO tag j (at t).
-  start [L] scores the first tag, end [L] the last real tag.
+  start [L] scores the first tag, end [L] the last real tag; either may also be [B, L], one row each (a chain
+  that continues beyond its row, e.g. one window of a longer sentence, gets zeros: no boundary score and no
+  boundary constraint).
 - A path's score: start[y_0] + sum_t emissions[t, y_t] + sum_{t>0} transitions[y_{t-1}, y_t] + end[y_{n-1}].
 Computation is in float32 (float64 stays float64); decoded tags are int32.
 """
@@ -103,9 +108,11 @@ def _prepare(emissions, mask, transitions, start, end):
     num = emissions.shape[-1]
     if mask.shape != emissions.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match emissions {emissions.shape[:2]}")
-    if jnp.shape(transitions) != (num, num) or jnp.shape(start) != (num,) or jnp.shape(end) != (num,):
+    boundary_shapes = ((num,), (emissions.shape[0], num))
+    if (jnp.shape(transitions) != (num, num) or jnp.shape(start) not in boundary_shapes
+            or jnp.shape(end) not in boundary_shapes):
         raise ValueError(f"transitions {jnp.shape(transitions)}, start {jnp.shape(start)}, end {jnp.shape(end)} "
-                         f"do not fit {num} labels")
+                         f"do not fit {num} labels (start/end: [labels] or [batch, labels])")
     emissions = jnp.where(mask[..., None], emissions, 0.0)
     return emissions, mask, mask.sum(axis=-1)
 
@@ -144,8 +151,14 @@ def sequence_score(emissions, tags, mask, transitions, start, end) -> jax.Array:
     moves = transitions[tags[:, :-1], tags[:, 1:]]
     transition_score = jnp.sum(jnp.where(mask[:, 1:], moves, 0.0), axis=-1)
     last_tag = jnp.take_along_axis(tags, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
-    boundary_score = jnp.where(lengths > 0, start[tags[:, 0]] + end[last_tag], 0.0)
+    boundary_score = jnp.where(lengths > 0, _per_row(start, batch, tags[:, 0]) + _per_row(end, batch, last_tag), 0.0)
     return emission_score + transition_score + boundary_score
+
+
+def _per_row(boundary, batch: int, tag):
+    """boundary [L] or [B, L] -> each row's value at its tag [B]."""
+    rows = jnp.broadcast_to(boundary, (batch, boundary.shape[-1]))
+    return jnp.take_along_axis(rows, tag[:, None], axis=1)[:, 0]
 
 
 def negative_log_likelihood(emissions, tags, mask, transitions, start, end) -> jax.Array:
@@ -187,6 +200,23 @@ def viterbi_decode(emissions, mask, transitions, start, end) -> tuple[jax.Array,
     return jnp.where(mask, tags, 0), jnp.where(has_tokens, jnp.max(final, axis=-1), 0.0)
 
 
+def marginals(emissions, mask, transitions, start, end) -> jax.Array:
+    """P(y_t = j | emissions) [B, T, L] at each row's real positions (0 at padding): the gradient of log Z
+    with respect to the emissions (forward-backward)."""
+    return jax.grad(lambda e: log_partition(e, mask, transitions, start, end).sum())(
+        _prepare(emissions, mask, transitions, start, end)[0])
+
+
+def select_steps(keep) -> tuple[jax.Array, jax.Array]:
+    """Where to read a compacted sequence from: (order int32 [B, T], mask bool [B, T]). Row b of
+    `take_along_axis(x, order[..., None], axis=1)` holds the positions where `keep` [B, T] is true, in their
+    order, first (a prefix mask, as the functions above expect), then the others."""
+    keep = jnp.asarray(keep).astype(bool)
+    order = jnp.argsort(~keep, axis=1, stable=True).astype(jnp.int32)
+    mask = jnp.arange(keep.shape[1])[None, :] < keep.sum(axis=1, keepdims=True)
+    return order, mask
+
+
 # ---------------------------------------------------------------------------------------------- NNX module
 
 @functools.lru_cache(maxsize=64)
@@ -202,6 +232,22 @@ def _zero_param(shape: tuple[int, ...]) -> nnx.Param:
     return nnx.Param(jnp.zeros(shape, jnp.float32), out_sharding=(None,) * len(shape), eager_sharding=False)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _learning_faster(stored, ratio: float):
+    return stored * ratio
+
+
+def _learning_faster_forward(stored, ratio):
+    return stored * ratio, None
+
+
+def _learning_faster_backward(ratio, _, gradient):
+    return (gradient,)  # unscaled: the stored value moves as if it were the potential itself
+
+
+_learning_faster.defvjp(_learning_faster_forward, _learning_faster_backward)
+
+
 class CRF(nnx.Module):
     """Learned CRF potentials (zero init) for `labels`, decoded and trained under IOB2 constraints.
 
@@ -209,12 +255,21 @@ class CRF(nnx.Module):
     The constraint masks are derived from the static `labels` (see `constraints`), not stored as state:
     numpy arrays cannot be NNX static attributes (unhashable), and as data they would enter nnx.state,
     optimizers and checkpoints.
+
+    `lr_ratio`: the potentials are the stored params times `lr_ratio`, while the backward pass hands the
+    stored params the potentials' gradient unscaled. An Adam-type optimizer's step on a param does not
+    depend on its gradient's scale, so the potentials move `lr_ratio` times as far per step as with
+    `lr_ratio=1` (a per-parameter learning rate), and gradient clipping sees their true gradient.
+    `transition_arrays` / `from_arrays` work in potentials, whatever the ratio.
     """
 
-    def __init__(self, labels: Sequence[str]):
+    def __init__(self, labels: Sequence[str], lr_ratio: float = 1.0):
         if isinstance(labels, str):
             raise TypeError("labels must be a sequence of tag strings, not one string")
+        if not lr_ratio > 0:
+            raise ValueError(f"lr_ratio must be > 0, got {lr_ratio}")
         self.labels = tuple(labels)
+        self.lr_ratio = float(lr_ratio)
         if not self.labels:
             raise ValueError("a CRF needs at least one label")
         _frozen_constraints(self.labels)  # raises on a non-IOB2 label now, not at the first call
@@ -232,10 +287,16 @@ class CRF(nnx.Module):
         """(allowed [L, L], start_allowed [L], end_allowed [L]), read-only boolean numpy arrays."""
         return _frozen_constraints(self.labels)
 
+    def learned(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The learned (transitions, start, end) potentials, without constraints."""
+        if self.lr_ratio == 1.0:
+            return self.transitions[...], self.start_transitions[...], self.end_transitions[...]
+        return tuple(_learning_faster(param[...], self.lr_ratio)
+                     for param in (self.transitions, self.start_transitions, self.end_transitions))
+
     def potentials(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The learned (transitions, start, end) with the IOB2 penalties added."""
-        return apply_constraints(self.transitions[...], self.start_transitions[...], self.end_transitions[...],
-                                 *self.constraints)
+        return apply_constraints(*self.learned(), *self.constraints)
 
     def nll(self, emissions, tags, mask) -> jax.Array:
         """Per-row negative log-likelihood [B] of the gold `tags` (0 for empty rows)."""
@@ -249,9 +310,9 @@ class CRF(nnx.Module):
         return viterbi_decode(emissions, mask, *self.potentials())
 
     @classmethod
-    def from_arrays(cls, labels: Sequence[str], arrays: Mapping[str, np.ndarray]) -> CRF:
+    def from_arrays(cls, labels: Sequence[str], arrays: Mapping[str, np.ndarray], lr_ratio: float = 1.0) -> CRF:
         """A CRF for `labels` holding `arrays` (the keys of ARRAY_KEYS, as `transition_arrays` returns)."""
-        crf = cls(labels)
+        crf = cls(labels, lr_ratio)
         if set(arrays) != set(ARRAY_KEYS):
             raise ValueError(f"CRF arrays need exactly the keys {list(ARRAY_KEYS)}, got {sorted(arrays)}")
         for key in ARRAY_KEYS:
@@ -260,10 +321,11 @@ class CRF(nnx.Module):
             if value.shape != param.shape:
                 raise ValueError(f"CRF array {key!r} has shape {value.shape}, expected {param.shape} "
                                  f"for {crf.num_labels} labels")
-            param[...] = jnp.asarray(value, jnp.float32)
+            param[...] = jnp.asarray(value / crf.lr_ratio, jnp.float32)
         return crf
 
 
 def transition_arrays(crf: CRF) -> dict[str, np.ndarray]:
     """The learned (unconstrained) potentials as float32 numpy arrays under the ARRAY_KEYS names."""
-    return {key: np.array(jax.device_get(getattr(crf, key)[...]), dtype=np.float32) for key in ARRAY_KEYS}
+    return {key: np.array(jax.device_get(getattr(crf, key)[...]) * crf.lr_ratio, dtype=np.float32)
+            for key in ARRAY_KEYS}

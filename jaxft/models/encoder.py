@@ -8,11 +8,15 @@ Parameters are float32; `dtype` is the compute dtype. Kernels carry logical axis
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxft.models.activations import activation
+from jaxft.models.attention import attention, choose
+from jaxft.config import REMAT_POLICIES as REMAT_CHOICES
 from jaxft.models.config import EncoderConfig
 
 INIT_STD = 0.02  # Hugging Face's initializer_range for every family here
@@ -55,21 +59,43 @@ def packed_position_offset(config: EncoderConfig) -> int:
 
 
 def model_inputs(batch: dict) -> dict:
-    """A collated batch -> model keyword arguments. Packed rows (with `segment_ids`) get a block-diagonal
-    [B, T, T] attention mask, so tokens only see tokens of their own example."""
+    """A collated batch -> model keyword arguments. Packed rows carry `segment_ids` (1, 2, ... per example, 0
+    padding) and restarting `position_ids`: attention keeps each example to itself (models/attention.py)."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "token_type_ids": batch.get("token_type_ids")}
     if "segment_ids" in batch:
-        segments = batch["segment_ids"]
-        inputs["attention_mask"] = (segments[..., :, None] == segments[..., None, :]) & (segments[..., :, None] > 0)
+        inputs["segment_ids"] = batch["segment_ids"]
         inputs["position_ids"] = batch["position_ids"]
     return inputs
 
 
-def attention_mask_4d(attention_mask: jax.Array) -> jax.Array:
-    """[B, S] key padding mask, or [B, T, S] per-query mask (packed rows) -> boolean [B, 1, T|1, S]."""
-    mask = attention_mask.astype(bool)
-    return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """What attention needs to know of a batch's rows: segment ids [B, T] (0 padding) and whether a row may
+    hold several examples (static)."""
+
+    segment_ids: jax.Array
+    packed: bool
+
+
+def rows_of(input_ids, attention_mask=None, segment_ids=None) -> Rows:
+    if segment_ids is not None:
+        return Rows(segment_ids.astype(jnp.int32), packed=True)
+    if attention_mask is None:
+        return Rows(jnp.ones(input_ids.shape, jnp.int32), packed=False)
+    return Rows((attention_mask > 0).astype(jnp.int32), packed=False)
+
+
+def describe_attention(config: EncoderConfig, dtype, packed: bool) -> str:
+    """What model.attention resolves to on this backend, for training (with the checkpoint's attention
+    dropout) and for evaluation: one line for the start-up log."""
+    backend = jax.default_backend()
+    parts = []
+    for phase, dropout in (("train", config.attention_dropout > 0), ("eval", False)):
+        name, reason = choose(config.attention, backend=backend, dtype=jnp.dtype(dtype), packed=packed,
+                              window=None, has_bias=False, dropout=dropout)
+        parts.append(f"{phase} {reason}")
+    return f"attention (model.attention={config.attention}, {backend}): " + "; ".join(parts)
 
 
 class Embeddings(nnx.Module):
@@ -96,6 +122,7 @@ class SelfAttention(nnx.Module):
     def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
         width = config.hidden_size
         self.num_heads = config.num_heads
+        self.implementation = config.attention
         self.query = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.key = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.value = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
@@ -104,22 +131,18 @@ class SelfAttention(nnx.Module):
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.num_heads, -1)
 
-    def __call__(self, x, mask):
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+    def dropout_arguments(self) -> dict:
+        """Attention dropout in training mode: the rate and a key from the dropout stream (the draw
+        nnx.Dropout would make), none in eval mode."""
         if self.dropout.deterministic or self.dropout.rate == 0.0:
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        else:
-            context = self._attention_with_dropout(q, k, v, mask)
-        return context.reshape(*context.shape[:-2], -1)
+            return {"dropout_rate": 0.0, "dropout_rng": None}
+        return {"dropout_rate": self.dropout.rate, "dropout_rng": self.dropout.rngs()}
 
-    def _attention_with_dropout(self, q, k, v, mask):
-        # dot_product_attention has no dropout on the probabilities; training with attention dropout
-        # (as the checkpoints were trained) takes this explicit path.
-        scale = q.shape[-1] ** -0.5
-        logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = self.dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
-        return jnp.einsum("bnts,bsnh->btnh", probs, v)
+    def __call__(self, x, rows: Rows):
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        context = attention(q, k, v, segment_ids=rows.segment_ids, packed=rows.packed,
+                            implementation=self.implementation, **self.dropout_arguments())
+        return context.reshape(*context.shape[:-2], -1)
 
 
 class DenseResidualNorm(nnx.Module):
@@ -139,8 +162,8 @@ class Attention(nnx.Module):
         self.self = SelfAttention(config, dtype=dtype, rngs=rngs)
         self.output = DenseResidualNorm(config.hidden_size, config, ("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, mask):
-        return self.output(self.self(x, mask), x)
+    def __call__(self, x, rows: Rows):
+        return self.output(self.self(x, rows), x)
 
 
 class Intermediate(nnx.Module):
@@ -158,16 +181,21 @@ class Layer(nnx.Module):
         self.intermediate = Intermediate(config, dtype=dtype, rngs=rngs)
         self.output = DenseResidualNorm(config.intermediate_size, config, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, mask):
-        x = self.attention(x, mask)
+    def __call__(self, x, rows: Rows):
+        x = self.attention(x, rows)
         return self.output(self.intermediate(x), x)
 
 
+# What each layer keeps for the backward pass (the rest is recomputed there):
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,          # recompute the whole layer in backward
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,    # keep matmul outputs, recompute the rest
+    "none": None,                                              # everything (no recomputation)
+    "full": jax.checkpoint_policies.nothing_saveable,          # only the layer's input
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,    # every matmul output, attention scores included
+    # the dense layers' outputs but no batched matmul (the [B, N, T, T] attention scores and the
+    # probability-weighted sum are recomputed): the policy for long rows
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+assert tuple(REMAT_POLICIES) == REMAT_CHOICES, "config.REMAT_POLICIES names every policy here"
 
 
 class LayerStack(nnx.Module):
@@ -177,17 +205,20 @@ class LayerStack(nnx.Module):
         self.remat = remat
         self.layer = nnx.List([Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
 
-    def __call__(self, x, mask):
+    def __call__(self, x, rows: Rows):
         for layer in self.layer:
             if self.remat == "none":
-                x = layer(x, mask)
+                x = layer(x, rows)
             else:
-                x = nnx.remat(_call_layer, policy=REMAT_POLICIES[self.remat])(layer, x, mask)
+                x = nnx.remat(_layer_call(rows.packed), policy=REMAT_POLICIES[self.remat])(layer, x, rows.segment_ids)
         return x
 
 
-def _call_layer(layer, x, mask):
-    return layer(x, mask)
+def _layer_call(packed: bool):
+    """layer(x, segment_ids) with the static `packed` closed over (remat takes arrays only)."""
+    def call(layer, x, segment_ids):
+        return layer(x, Rows(segment_ids, packed))
+    return call
 
 
 class Pooler(nnx.Module):
@@ -215,13 +246,14 @@ class Encoder(nnx.Module):
         if add_pooler:
             self.pooler = Pooler(config, dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
-        """Last hidden states [batch, seq, hidden]. attention_mask: [B, S] padding or [B, T, S] packed rows.
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 segment_ids=None):
+        """Last hidden states [batch, seq, hidden]. attention_mask: [B, S] padding (1 real, 0 pad); packed
+        rows give segment_ids [B, S] instead (1, 2, ... per example, 0 padding) with their position_ids.
         inputs_embeds [B, S, embedding_size], when given, stands in for the word-embedding lookup of input_ids
         (position and token-type embeddings are still added; input_ids still give the shape and, for RoBERTa,
         the positions): attributions differentiate through it (jaxft.explain)."""
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        rows = rows_of(input_ids, attention_mask, segment_ids)
         if position_ids is None:
             position_ids = default_position_ids(self.config, input_ids)
         if token_type_ids is None:
@@ -229,4 +261,4 @@ class Encoder(nnx.Module):
         x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)
         if hasattr(self, "embeddings_project"):
             x = self.embeddings_project(x)
-        return self.encoder(x, attention_mask_4d(attention_mask))
+        return self.encoder(x, rows)

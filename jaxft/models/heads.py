@@ -1,6 +1,7 @@
 """Task models: the encoder under its Hugging Face prefix plus each family's own task head.
 
-Calling a model: `model(input_ids, attention_mask, token_type_ids=None, position_ids=None, inputs_embeds=None)`
+Calling a model: `model(input_ids, attention_mask, token_type_ids=None, position_ids=None, inputs_embeds=None,
+segment_ids=None)` (segment_ids and position_ids for packed rows, see Encoder.__call__)
 returns float32 logits: [batch, seq, labels] for tokens, [batch, labels] for sequences, (start, end) each
 [batch, seq] for QA. `inputs_embeds` replaces the word-embedding lookup (see Encoder.__call__).
 Dropout is active only after `model.train()` (NNX convention; `model.eval()` turns it off).
@@ -61,8 +62,9 @@ class ForTokenClassification(TaskModel):
         self.dropout = nnx.Dropout(config.classifier_dropout, rngs=rngs)
         self.classifier = dense(config.hidden_size, len(labels), ("embed", None), dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 segment_ids=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, segment_ids)
         return self.classifier(self.dropout(hidden)).astype(jnp.float32)
 
 
@@ -107,8 +109,9 @@ class ForSequenceClassification(TaskModel):
             return self.backbone.pooler(hidden)
         return jax.nn.relu(self.pre_classifier(hidden[:, 0]))
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 segment_ids=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, segment_ids)
         if isinstance(self.classifier, ClassificationHead):
             return self.classifier(hidden).astype(jnp.float32)
         return self.classifier(self.dropout(self.pooled(hidden))).astype(jnp.float32)
@@ -123,8 +126,9 @@ class ForQuestionAnswering(TaskModel):
         self.dropout = nnx.Dropout(config.qa_dropout, rngs=rngs)
         self.qa_outputs = dense(config.hidden_size, 2, ("embed", None), dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 segment_ids=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, segment_ids)
         logits = self.qa_outputs(self.dropout(hidden)).astype(jnp.float32)
         return logits[..., 0], logits[..., 1]
 
@@ -231,8 +235,8 @@ class ForMaskedLM(TaskModel):
         return logits.astype(jnp.float32) + output.bias.get_value()
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 masked_positions=None):
-        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids)
+                 masked_positions=None, segment_ids=None):
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, segment_ids=segment_ids)
         if masked_positions is not None:
             hidden = jnp.take_along_axis(hidden, masked_positions[..., None].astype(jnp.int32), axis=1)
         return self.head(hidden)

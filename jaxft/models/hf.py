@@ -8,6 +8,7 @@ table read in two directions.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -226,7 +227,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
                     dtype: Any = jnp.float32, seed: int = 0, ignore_mismatched_sizes: bool = False,
                     cache_dir: str | None = None, revision: str | None = None, remat: str = "none",
                     hidden_dropout: float | None = None, attention_dropout: float | None = None,
-                    output_loading_info: bool = False):
+                    attention: str = "auto", output_loading_info: bool = False):
     """Build a jaxft model from a Hugging Face folder or hub id and load its weights.
 
     task: "token-classification", "sequence-classification", "question-answering", "masked-lm", or None for the bare
@@ -234,6 +235,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
     remat: "none", "full" or "dots_saveable" rematerialisation of each encoder layer in the backward pass.
     hidden_dropout / attention_dropout: override the checkpoint's dropout rates (None keeps them); the model's
     config.json, and so its export, carries the rates it was built with.
+    attention: the attention implementation ("auto", "xla", "cudnn", "pallas"; models/attention.py).
     A head absent from the checkpoint is initialised fresh and reported, as transformers does.
     """
     if task not in (None, *TASKS):
@@ -243,7 +245,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
     if not config_path.exists():
         raise ModelLoadError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf_config = with_dropout(read_hf_config(str(config_path)), hidden_dropout, attention_dropout)
-    config = EncoderConfig.from_hf(hf_config, source=str(config_path))
+    config = dataclasses.replace(EncoderConfig.from_hf(hf_config, source=str(config_path)), attention=attention)
     labels = _resolve_labels(task, hf_config, num_labels, id2label)
     dtype = jnp.dtype(dtype)
     checkpoint = _normalise_legacy_names(read_checkpoint(folder))
@@ -381,7 +383,17 @@ def _log_report(report: LoadReport, folder: Path, task: str | None) -> None:
 # ---------------------------------------------------------------------------------------------- saving
 
 def hf_config_for(model: nnx.Module) -> dict[str, Any]:
+    """config.json of `model`: the source checkpoint's, with this model's architecture, labels, the installed
+    transformers version, and `_name_or_path` set to `model.name_or_path` (a training run sets it to its base
+    model's hub id or folder name); without one the source's `_name_or_path` is dropped, as transformers 5 does."""
     hf_config = json.loads(model.hf_config_json)
+    hf_config.pop("_name_or_path", None)
+    if getattr(model, "name_or_path", None):
+        hf_config["_name_or_path"] = str(model.name_or_path)
+    try:
+        hf_config["transformers_version"] = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:  # no transformers here: say nothing rather than the source's
+        hf_config.pop("transformers_version", None)
     task = getattr(model, "task", None)
     suffix = HEADS[task].architecture_suffix if task else BARE_ENCODER_SUFFIX
     hf_config["architectures"] = [model.config.family.class_stem + suffix]

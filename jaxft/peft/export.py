@@ -26,7 +26,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jaxft.config import ConfigError
-from jaxft.files import write_folder, write_json
+from jaxft.files import as_path, write_folder, write_json
+from jaxft.hub import portable_name
 from jaxft.models.heads import (BARE_ENCODER_PEFT_TASK_TYPE, HEADS, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION,
                                 TOKEN_CLASSIFICATION, TaskModel)
 from jaxft.models.hf import from_pretrained, hf_key, save_pretrained
@@ -38,6 +39,7 @@ PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LABELS_FILE = "labels.json"            # our sidecar: the head's labels (peft's format has no place for them)
+BASE_FILE_OF_ADAPTER = "jaxft_base.json"  # our sidecar: the base model as given (a local path stays on this machine)
 JAXFT_PEFT_CONFIG = "jaxft_peft.json"  # non-mergeable methods: our config + weights next to the HF files
 JAXFT_PEFT_WEIGHTS = "jaxft_peft.safetensors"
 
@@ -130,7 +132,7 @@ def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=N
             saved_hf.add(key.rsplit(".", 1)[0])
     config = {
         "peft_type": "LORA", "task_type": peft_task_type(model),
-        "base_model_name_or_path": str(base_model), "revision": None, "inference_mode": True,
+        "base_model_name_or_path": portable_name(base_model), "revision": None, "inference_mode": True,
         "r": rank, "lora_alpha": alpha, "lora_dropout": float(info.get("dropout", 0.0)),
         "target_modules": sorted(targets), "modules_to_save": sorted(saved_hf) or None,
         "use_rslora": bool(rslora.pop()), "use_dora": bool(dora.pop()), "bias": "none", "fan_in_fan_out": False,
@@ -144,6 +146,7 @@ def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=N
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if isinstance(model, TaskModel) and model.task != QUESTION_ANSWERING:
             (tmp / LABELS_FILE).write_text(json.dumps(list(model.labels)) + "\n")
+        (tmp / BASE_FILE_OF_ADAPTER).write_text(json.dumps({"base_model_name_or_path": str(base_model)}) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
 
@@ -287,9 +290,10 @@ def _load_other_keys(model, other: dict, folder, prefix) -> None:
 
 def from_peft_pretrained(adapter_folder, base_model: str | None = None, task: str | None = "infer", *,
                          id2label=None, dtype=jnp.float32):
-    """Base model (adapter_config's base_model_name_or_path unless given) + the adapter, as one jaxft model."""
+    """Base model + the adapter, as one jaxft model. The base: `base_model`, else the path in jaxft's sidecar
+    when it exists on this machine, else adapter_config's (portable) base_model_name_or_path."""
     config, weights = read_adapter(adapter_folder)
-    base = base_model or config.get("base_model_name_or_path")
+    base = base_model or _local_base(adapter_folder) or config.get("base_model_name_or_path")
     if not base:
         raise AdapterFormatError(f"{adapter_folder}: no base_model_name_or_path; pass base_model=")
     if task == "infer":
@@ -306,6 +310,14 @@ def from_peft_pretrained(adapter_folder, base_model: str | None = None, task: st
             kwargs["num_labels"] = heads[-1].shape[0]
     model = from_pretrained(base, task=task, dtype=dtype, ignore_mismatched_sizes=True, **kwargs)
     return load_peft_adapter(model, adapter_folder)
+
+
+def _local_base(adapter_folder) -> str | None:
+    path = Path(adapter_folder) / BASE_FILE_OF_ADAPTER
+    if not path.is_file():
+        return None
+    base = json.loads(path.read_text()).get("base_model_name_or_path")
+    return base if base and Path(base).expanduser().is_dir() else None
 
 
 # ---------------------------------------------------------------------------------------------- our own format
@@ -381,7 +393,7 @@ def base_fingerprint(frozen: dict) -> str:
 def record_base(workdir: Path, frozen: dict, *, base_model: str, method: str, resuming: bool) -> dict:
     """The checkpoints of a PEFT run hold only trainable state; this file names the base they restore onto
     and fingerprints its frozen weights. Resuming onto a different base is refused."""
-    path = Path(workdir) / BASE_FILE
+    path = as_path(workdir) / BASE_FILE
     record = {"base_model": str(base_model), "method": method, "frozen_params": len(frozen),
               "frozen_sha256": base_fingerprint(frozen)}
     if resuming and path.exists():

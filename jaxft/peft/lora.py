@@ -78,11 +78,12 @@ def lora_scaling(rank: int, alpha: float, rslora: bool) -> float:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def low_rank_product(x: jax.Array, a: jax.Array, b: jax.Array, scaling: float) -> jax.Array:
-    """s * (x A) B with autodiff's gradient, written out by hand. The optimization barrier in the backward keeps
-    XLA:CPU from fusing the producer of the incoming cotangent (GELU's derivative, after `intermediate.dense`)
-    into the transposed copy that the B gradient reads, which it would recompute in cache-hostile order. It
-    does not keep XLA from computing GELU itself into the transposed copy of x that the A gradient of
-    `output.dense` reads. (Measured step times: benchmarks/results/HISTORY.md.)"""
+    """s * (x A) B with autodiff's gradient, written out by hand. On CPU an optimization barrier in the backward
+    keeps XLA:CPU from fusing the producer of the incoming cotangent (GELU's derivative, after
+    `intermediate.dense`) into the transposed copy that the B gradient reads, which it would recompute in
+    cache-hostile order (it does not keep XLA from computing GELU itself into the transposed copy of x that the
+    A gradient of `output.dense` reads). On GPU/TPU there is no barrier: those fusions are what makes the
+    backward fast there. (Measured CPU step times: benchmarks/results/HISTORY.md.)"""
     return low_rank_product_fwd(x, a, b, scaling)[0]
 
 
@@ -93,7 +94,8 @@ def low_rank_product_fwd(x, a, b, scaling):
 
 def low_rank_product_bwd(scaling, residuals, cotangent):
     x, a, b, xa = residuals
-    x, cotangent = jax.lax.optimization_barrier((x, cotangent))
+    if jax.default_backend() == "cpu":  # decided at trace time: see low_rank_product
+        x, cotangent = jax.lax.optimization_barrier((x, cotangent))
     cotangent = cotangent * jnp.asarray(scaling, cotangent.dtype)
     d_xa = cotangent @ b.T
     leading = tuple(range(x.ndim - 1))

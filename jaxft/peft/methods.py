@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxft.models.encoder import SelfAttention
+from jaxft.models.attention import masked_attention
+from jaxft.models.encoder import Rows, SelfAttention
 from jaxft.models.paths import dotted, set_module
 from jaxft.peft.lora import AdapterLinear, LoraLinear, PeftParam, kernel_axes, linear_modules, peft_param
 
@@ -143,7 +144,7 @@ class PrefixSelfAttention(SelfAttention):
         self.prefix_key = peft_param(prefix_key, axes)
         self.prefix_value = peft_param(prefix_value, axes)
 
-    def __call__(self, x, mask):
+    def __call__(self, x, rows: Rows):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         batch, length = x.shape[0], self.prefix_key.shape[0]
 
@@ -152,11 +153,13 @@ class PrefixSelfAttention(SelfAttention):
             return jnp.concatenate([jnp.broadcast_to(p, (batch, *p.shape)), like], axis=1)
 
         k, v = prefix(self.prefix_key, k), prefix(self.prefix_value, v)
-        mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], length), bool), mask], axis=-1)
-        if self.dropout.deterministic or self.dropout.rate == 0.0:
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        segments = rows.segment_ids
+        if rows.packed:
+            real_keys = (segments[:, :, None] == segments[:, None, :]) & (segments[:, :, None] > 0)
         else:
-            context = self._attention_with_dropout(q, k, v, mask)
+            real_keys = jnp.broadcast_to((segments > 0)[:, None, :], (*segments.shape, segments.shape[1]))
+        allowed = jnp.concatenate([jnp.ones((*segments.shape, length), bool), real_keys], axis=-1)  # [B, T, P+T]
+        context = masked_attention(q, k, v, allowed[:, None], **self.dropout_arguments())
         return context.reshape(*context.shape[:-2], -1)
 
 

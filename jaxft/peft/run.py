@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from jaxft.files import as_path
 from jaxft.peft.export import OnFile, export_model, load_trained, record_base
 from jaxft.peft.methods import apply_peft, count_params, peft_info
 
@@ -50,7 +51,7 @@ def export(config, model, result, workdir: Path, base_model: str, tokenizer=None
     load_trained(model, result.parts, result.params, result.frozen)
     if not is_writer:
         return {}
-    exports = export_model(model, Path(workdir), base_model=base_model, tokenizer=tokenizer,
+    exports = export_model(model, as_path(workdir), base_model=base_model, tokenizer=tokenizer,
                            adapter=config.peft.export_adapter, on_file=on_file)
     if peft_info(model):
         log.info("exported %s", ", ".join(f"{k}/" for k in exports))

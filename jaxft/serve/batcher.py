@@ -1,8 +1,13 @@
 """Dynamic batching: requests that arrive within `max_wait_ms` of the first waiting one (up to `max_items`
-items) are predicted in one call, in a worker thread so the event loop keeps accepting requests.
+items) are predicted in one call, in a worker thread so the event loop keeps accepting requests. Every
+route's requests (jaxft's, HF / TEI's, the Open Inference Protocol's, /redact) share this one batcher.
 
 The predictor pads each call to its fixed shapes (batch sizes x length buckets), so batching changes how
 many rows share a compiled program, never which programs exist.
+
+`stop()` first drains: requests already queued or held still run and get their answers (at most
+`drain_timeout_s`), then the worker stops. `call(fn)` runs other work that touches the tokenizer (the
+/tokenize route) on the same single worker thread, so it never runs concurrently with a prediction.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class DynamicBatcher:
         self.on_batch = on_batch  # (items, requests) of every model call
         self._queue: asyncio.Queue | None = None
         self._held: _Pending | None = None
+        self._outstanding = 0  # submitted requests not answered yet
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxft-predict")
 
@@ -36,7 +42,14 @@ class DynamicBatcher:
         self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def stop(self) -> None:
+    def idle(self) -> bool:
+        return self._outstanding == 0
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Finish what is queued (up to drain_timeout_s), then stop the worker."""
+        deadline = time.monotonic() + drain_timeout_s
+        while self._task and not self._task.done() and not self.idle() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         if self._task:
             self._task.cancel()
             try:
@@ -45,11 +58,19 @@ class DynamicBatcher:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def call(self, fn: Callable, *args):
+        """fn(*args) on the prediction thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def submit(self, items: list) -> list:
         """Results for `items`, in order, once the batch they joined has run."""
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(items), future))
-        return await future
+        self._outstanding += 1
+        try:
+            await self._queue.put(_Pending(list(items), future))
+            return await future
+        finally:
+            self._outstanding -= 1
 
     async def _next(self, timeout: float | None) -> _Pending | None:
         if self._held is not None:

@@ -55,6 +55,15 @@ class TrainingTask:
         """What prediction needs beyond the HF config (the export's jaxft_task.json, with task and max_length)."""
         return {}
 
+    def before_export(self, model, result):
+        """The training result that `model` is exported from (default: `result` as it is). A task that trains
+        parameters outside the Hugging Face model (NER's CRF) takes them out of the model and the result here
+        and writes them in `write_export_files`."""
+        return result
+
+    def write_export_files(self, folder: Path) -> None:
+        """The task's own files in an export folder, beside jaxft_task.json (its spec's sidecars)."""
+
     def report(self, workdir: Path, results: dict) -> None:
         """Print and log the run's outcome (process 0 only)."""
 

@@ -32,6 +32,7 @@ from jaxft.evaluate.classification_metrics import (multi_label_metrics, plot_con
 from jaxft.evaluate.reports import plot_training_curves
 from jaxft.models.encoder import model_inputs
 from jaxft.tasks.base import TaskSpec, TrainingTask
+from jaxft.tasks.losses import smoothed_binary_cross_entropy, smoothed_cross_entropy
 from jaxft.tasks.predictor import Predictor
 
 log = logging.getLogger("jaxft.classification")
@@ -256,6 +257,7 @@ class ClassificationTask(TrainingTask):
     """The sequence-classification side of the training loop (see train.loop.Task)."""
 
     per_token_outputs = False
+    label_smoothing = 0.0  # train.label_smoothing (set by build)
 
     def __init__(self, tokenizer, splits: TextSplits, labels: Sequence[str], *, max_length: int,
                  problem_type: str = SINGLE, class_weights: str = "none", threshold: float = 0.5,
@@ -317,10 +319,15 @@ class ClassificationTask(TrainingTask):
     def loss(self, model, batch):
         logits = model(**model_inputs(batch))
         real = batch["attention_mask"][:, 0] > 0  # rows that fill a short batch are all padding
-        if self.problem_type == SINGLE:
+        if self.problem_type == SINGLE and self.label_smoothing:
+            losses = smoothed_cross_entropy(logits, batch["label"], self.label_smoothing, self.class_weights)
+        elif self.problem_type == SINGLE:
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
             if self.class_weights is not None:
                 losses = losses * self.class_weights[batch["label"]]
+        elif self.problem_type == MULTI and self.label_smoothing:
+            losses = smoothed_binary_cross_entropy(logits, batch["labels"], self.label_smoothing,
+                                                   self.class_weights).mean(-1)
         elif self.problem_type == MULTI:
             terms = optax.sigmoid_binary_cross_entropy(logits, batch["labels"])
             if self.class_weights is not None:  # positive weights, as torch's BCEWithLogitsLoss(pos_weight)
@@ -438,6 +445,7 @@ def build(config, tokenizer, model, splits: TextSplits) -> ClassificationTask:
                               threshold=cls.threshold, tune_threshold_on_dev=cls.tune_threshold,
                               label_separator=cls.label_separator, main_metric=cls.main_metric,
                               text_column=data.text_column, text_pair_column=data.text_pair_column or "")
+    task.label_smoothing = config.train.label_smoothing
     log.info("tokenized: %s", "; ".join(truncation_summary(count, name) for name, count in task.truncation.items()
                                          if count.examples))
     return task

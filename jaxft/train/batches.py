@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxft import runtime
 from jaxft.data import batching
 
 
@@ -44,6 +45,10 @@ class PaddedBatches:
         return batching.map_batches(fn, rows, self.batch_size * 2, self.buckets, self.pad_values,
                                     per_token=per_token)
 
+    def describe(self) -> str:
+        return (f"train batches: {self.batch_size} rows x length buckets {self.buckets} (at most "
+                f"{len(self.buckets)} compiled shapes per step)")
+
 
 class PackedBatches:
     """Rows of pack_length tokens, each holding several examples; about batch_size examples a micro-batch."""
@@ -70,6 +75,10 @@ class PackedBatches:
     def tokens(self, group) -> int:
         return sum(self.lengths[i] for row in group for i in row)
 
+    def describe(self) -> str:
+        return (f"train batches: packed, {self.rows_per_batch} rows x {self.pack_length} tokens (one compiled "
+                "shape per step)")
+
     def predict(self, fn, rows, per_token: bool) -> list:
         if not per_token:
             raise ValueError("packed evaluation needs per-token outputs; use data.packing=False for this task")
@@ -83,6 +92,7 @@ def plan_batches(rows, data_config, train_config, pad_values, position_offset: i
                              pack_length=data_config.pack_length or data_config.max_length, pad_values=pad_values,
                              seed=train_config.seed, position_offset=position_offset, row_multiple=row_multiple)
     return PaddedBatches(rows, batch_size=train_config.batch_size, accum=train_config.grad_accum_steps,
-                         max_length=data_config.max_length, bucket_multiple=data_config.bucket_multiple,
+                         max_length=data_config.max_length,
+                         bucket_multiple=runtime.bucket_multiple(data_config.bucket_multiple),
                          pad_values=pad_values, seed=train_config.seed,
                          sort_window=data_config.sort_window_batches)

@@ -5,7 +5,8 @@ Each checkpoint holds the train state (step, parameters, optimizer moments, drop
 temporary folder and renames it when complete, so a checkpoint is either whole or absent when the process
 dies. What orbax cannot see is damage *after* that rename (a disk that lost the tail of a file, a bit flip,
 a file someone truncated), so once a save has finished we write `jaxft_digest.json` into the step folder:
-the size and sha256 of every file in it. `restore` checks it first, and any failure (digest mismatch, a
+the size and sha256 of every file in it (local checkpoints; on cloud storage every object carries a checksum
+the service verifies, and a digest would mean downloading the checkpoint). `restore` checks it first, and any failure (digest mismatch, a
 missing file, orbax unable to read the data) raises `CorruptCheckpoint`, which the Trainer answers by
 moving the folder aside and falling back to the previous checkpoint.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxft.files import as_path, is_remote, move_tree, size_of, write_text
 from jaxft.train.errors import TrainingError
 
 log = logging.getLogger("jaxft.train")
@@ -51,7 +52,7 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int, best_metric: str, asynchronous: bool = True,
                  is_writer: bool = True, on_save: Callable[[int], None] | None = None):
         """on_save(step): called once a save has been handed to orbax (its asynchronous write may be running)."""
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory) if is_remote(directory) else Path(directory).absolute()
         self.on_save = on_save
         self.best_metric = best_metric
         self.keep = keep
@@ -119,7 +120,8 @@ class Checkpointer:
             self._save_failed(step, err)
         if self._pending_step is not None:
             step, self._pending_step = self._pending_step, None
-            if self.is_writer and (self.directory / str(step)).is_dir():
+            # Cloud storage checks every object's checksum itself, and a digest would download the checkpoint
+            if self.is_writer and not is_remote(self.directory) and (self.directory / str(step)).is_dir():
                 try:
                     write_digest(self.directory / str(step))
                 except OSError as err:
@@ -173,27 +175,25 @@ class Checkpointer:
             return None
         target = self.directory.parent / QUARANTINE_DIR / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(folder), str(target))
+        move_tree(folder, target)
         return target
 
     def close(self) -> None:
         self.manager.close()
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def write_digest(folder: Path) -> None:
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _file_digest(p)}
+def write_digest(folder) -> None:
+    files = {str(p.relative_to(folder)): {"size": size_of(p), "sha256": _file_digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != DIGEST_FILE}
-    tmp = folder / (DIGEST_FILE + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
-    tmp.replace(folder / DIGEST_FILE)
+    write_text(folder / DIGEST_FILE, json.dumps({"files": files}, indent=1, sort_keys=True))
 
 
 def verify_digest(folder: Path, step: int) -> None:
@@ -212,7 +212,7 @@ def verify_digest(folder: Path, step: int) -> None:
         file = folder / name
         if not file.is_file():
             raise CorruptCheckpoint(step, f"file {name} is missing")
-        size = file.stat().st_size
+        size = size_of(file)
         if size != expected["size"]:
             raise CorruptCheckpoint(step, f"file {name} has {size} bytes, {expected['size']} were written "
                                           "(truncated or overwritten)")

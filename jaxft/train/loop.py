@@ -8,8 +8,12 @@ Reliability (docs/reliability.md):
 - Resume: a checkpoint carries everything the rest of the run depends on (state, data position, early-
   stopping counters, the train metrics summed since the last log line, how many metrics.jsonl lines were
   written), so a run killed at any point and re-run with the same command ends bit-identical.
-- SIGTERM (scheduler / TPU VM preemption) sets a flag checked between steps: the loop saves a checkpoint
-  synchronously and exits with status 75 (errors.EXIT_PREEMPTED).
+- SIGTERM (scheduler / TPU VM preemption), checked between steps: the loop saves a checkpoint synchronously
+  and exits with status 75 (errors.EXIT_PREEMPTED). One process: a signal handler sets a flag. Several
+  processes: JAX's preemption service receives the signal and every process asks it at every step
+  (multihost_utils.reached_preemption_sync_point), so all of them stop at the same step, the first one after
+  the notice that they all reach, and write one common checkpoint; a flag checked by each process on its own
+  would leave some in the save and the others in the next step's collectives.
 - Damaged checkpoints (see train.checkpoint) are moved aside and the previous one is used, with a warning
   naming both steps and the reason.
 - The workdir remembers the settings its checkpoints depend on (run_fingerprint.json); another run's
@@ -33,11 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxft.config import ConfigError, get, resume_keys
+from jaxft.files import as_path, download, is_remote, upload, write_text
 from jaxft.data.batching import DataPosition
 from jaxft.models.encoder import packed_position_offset
 from jaxft.train import sharding
@@ -48,9 +53,12 @@ from jaxft.train.optim import learning_rate_schedule, make_optimizer
 from jaxft.train.state import Flat, ModelParts, split_model
 from jaxft.train.hooks import NO_HOOKS, Hooks
 from jaxft.train.reporting import MetricsWriter, ProgressBar
-from jaxft.train.step import compiled_count, init_train_state, make_predict_step, make_train_step
+from jaxft.train.prefetch import Prefetcher
+from jaxft.train.step import (METRIC_SUM_DTYPES, compiled_count, init_train_state, make_predict_step,
+                              make_train_step, zero_metric_sums)
 
 log = logging.getLogger("jaxft.train")
+PREFETCH_DEPTH = 2  # batches collated and placed on the devices ahead of the running step
 
 
 class Task(Protocol):
@@ -111,6 +119,7 @@ def count_steps(batches, train_config) -> int:
 
 
 FINGERPRINT_FILE = "run_fingerprint.json"
+STAGED_LOGS = ("metrics.jsonl", "tensorboard", "train.log")  # appended to: staged locally for remote workdirs
 
 
 def run_fingerprint(config, task) -> dict:
@@ -137,10 +146,15 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
 
 class Trainer:
     def __init__(self, config, workdir: str | Path, model, task: Task, *, trainable=None,
-                 is_writer: bool = True, hooks: Hooks = NO_HOOKS):
+                 is_writer: bool = True, hooks: Hooks = NO_HOOKS, staging: Path | None = None):
+        """workdir: local or remote (gs://...): checkpoints and the run fingerprint go there. staging: the
+        local folder for metrics.jsonl and TensorBoard (files.staging_dir; the workdir itself when local),
+        uploaded to a remote workdir at every checkpoint and at close."""
         self.config = config
         self.hooks = hooks
-        self.workdir = Path(workdir)
+        self.model_config = model.config
+        self.workdir = as_path(workdir)
+        self.staging = Path(staging) if staging is not None else Path(workdir)
         self.task = task
         self.train_cfg = config.train
         self.mesh = sharding.make_mesh(config.mesh)
@@ -156,16 +170,17 @@ class Trainer:
         self.state, self.frozen, state_shardings = self._place_state(params, frozen, rng)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.train_step = make_train_step(self.parts, self.tx, task.loss, state_shardings, replicated,
-                                          ema_decay=self.train_cfg.ema_decay)
+                                          ema_decay=self.train_cfg.ema_decay, summed=True)
         self.predict_step = make_predict_step(self.parts, task.predict, replicated)
         log.info(sharding.describe(self.mesh, self.state["params"], self.state["opt_state"]))
+        log.info(self.batches.describe())
         self.checkpoints = Checkpointer(self.workdir / "checkpoints", keep=self.train_cfg.keep_checkpoints,
                                         best_metric=f"dev_{task.main_metric}", is_writer=is_writer,
                                         on_save=hooks.after_save)
-        self.metrics = MetricsWriter(self.workdir, enabled=is_writer)
+        self.metrics = MetricsWriter(self.staging, enabled=is_writer)
         self.is_writer = is_writer
         self.loop = LoopState()
-        self.pending = _PendingMetrics()
+        self.pending = _PendingMetrics(replicated)
         self._sigterm = False
         self._checked_through = 0   # non-finite counts are known up to this step
 
@@ -185,6 +200,7 @@ class Trainer:
     def _place_state(self, params: Flat, frozen: Flat, rng: Flat):
         """Parameters, frozen parameters, RNG and optimizer moments, each on its sharding of the mesh."""
         rules = sharding.parse_rules(self.config.mesh.rules)
+        sharding.check_model_fits_mesh(self.model_config, self.mesh, rules)
         trainable_t, frozen_t, rng_t = self.parts.templates
         param_sh = sharding.variable_shardings(trainable_t, self.mesh, rules)
         frozen_sh = sharding.variable_shardings(frozen_t, self.mesh, rules)
@@ -219,7 +235,7 @@ class Trainer:
                 continue
             self.state = state
             self.loop = LoopState.from_json(meta)
-            self.pending = _PendingMetrics.from_json(meta.get("pending_train_metrics"))
+            self.pending = _PendingMetrics.from_json(meta.get("pending_train_metrics"), self.pending.sharding)
             self._checked_through = step
             if failures:
                 log.warning("fell back to the checkpoint at step %d because %s %s damaged", step,
@@ -250,20 +266,21 @@ class Trainer:
                     f"the workdir was started with to resume it")
             return
         if self.is_writer:
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-            tmp.replace(path)
+            write_text(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
 
     def _metrics_lines(self) -> int | None:
-        path = self.workdir / "metrics.jsonl"
+        path = self.staging / "metrics.jsonl"
         if not self.is_writer:
             return None
         return path.read_bytes().count(b"\n") if path.exists() else 0
 
     def _truncate_metrics(self, step: int, lines: int | None) -> None:
         """Drop metric lines a killed run wrote after its last checkpoint; the resumed run rewrites them.
-        Checkpoints record how many lines existed when they were saved; older ones are cut by step."""
-        path = self.workdir / "metrics.jsonl"
+        Checkpoints record how many lines existed when they were saved; older ones are cut by step. A remote
+        workdir's copy (uploaded with every checkpoint) is fetched first when this machine has none."""
+        path = self.staging / "metrics.jsonl"
+        if self.is_writer and is_remote(self.workdir) and not path.exists():
+            download(self.workdir / "metrics.jsonl", path)
         if not self.is_writer or not path.exists():
             return
         text = path.read_bytes().decode("utf-8", errors="replace")
@@ -309,8 +326,9 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous_handler)
 
     def _install_sigterm_handler(self):
-        """SIGTERM only sets a flag; the loop checkpoints between steps and exits (status 75)."""
-        if threading.current_thread() is not threading.main_thread():
+        """One process: SIGTERM only sets a flag; the loop checkpoints between steps and exits (status 75).
+        Several processes: JAX's preemption service owns SIGTERM (see _preempted)."""
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
             return None
 
         def on_sigterm(signum, frame):
@@ -318,46 +336,51 @@ class Trainer:
 
         return signal.signal(signal.SIGTERM, on_sigterm)
 
+    def _placed_batches(self, position: DataPosition, step: int):
+        """(epoch, batch index, batches in that epoch, real tokens, the batch on the devices) from `position`
+        on, for the steps after `step`; runs in the prefetch thread."""
+        epoch, start = position.epoch, position.batch
+        while True:
+            groups = self.batches.epoch(epoch)
+            for index in range(start, len(groups)):
+                step += 1
+                batch = self.hooks.before_step(step, self.batches.collate(groups[index]))
+                yield (epoch, index, len(groups), self.batches.tokens(groups[index]),
+                       sharding.put_batch(batch, self.mesh, batch_axis=1))
+            epoch, start = epoch + 1, 0
+
     def _fit(self) -> TrainResult:
         step = int(self.state["step"])
         progress = ProgressBar(self.total_steps, enabled=self.is_writer and self.train_cfg.progress_bar)
         progress.update(step)
         pending = self.pending
         started = time.perf_counter()
-        stop = step >= self.total_steps
         position = self.loop.position
-        while not stop:
-            groups = self.batches.epoch(position.epoch)
-            for batch_index in range(position.batch, len(groups)):
-                batch = self.hooks.before_step(step + 1, self.batches.collate(groups[batch_index]))
-                batch = sharding.put_batch(batch, self.mesh, batch_axis=1)
-                self.state, step_metrics = self.train_step(self.state, self.frozen, batch)
-                self.hooks.after_step(step + 1)
-                pending.add(step_metrics)
-                self.loop.tokens_seen += self.batches.tokens(groups[batch_index])
-                step += 1
-                at_epoch_end = batch_index + 1 == len(groups)
-                next_position = (DataPosition(position.epoch + 1, 0) if at_epoch_end
-                                 else DataPosition(position.epoch, batch_index + 1))
-                if step % self.train_cfg.log_every == 0:
-                    self._log_train(step, pending, started, progress)
-                evaluated = self._eval_due(step, at_epoch_end)
-                if evaluated or self._checkpoint_due(step):
-                    self.loop.position = next_position
-                    self.loop.train_seconds += time.perf_counter() - started
-                    started = time.perf_counter()
-                    stop = self._evaluate_and_checkpoint(step, evaluate=evaluated)
-                if self._sigterm:
-                    self.loop.position = next_position
-                    self.loop.train_seconds += time.perf_counter() - started
-                    self._save_and_exit_preempted(step)
-                if step >= self.total_steps or self._stopping_here(step):
-                    stop = True
-                if stop:
-                    position = next_position
-                    break
-            else:
-                position = DataPosition(position.epoch + 1, 0)
+        if step < self.total_steps:
+            with Prefetcher(self._placed_batches(position, step), depth=PREFETCH_DEPTH) as batches:
+                for epoch, batch_index, epoch_batches, tokens, batch in batches:
+                    self.state, pending.sums = self.train_step(self.state, self.frozen, batch, pending.sums)
+                    self.hooks.after_step(step + 1)
+                    pending.count += 1
+                    self.loop.tokens_seen += tokens
+                    step += 1
+                    at_epoch_end = batch_index + 1 == epoch_batches
+                    position = (DataPosition(epoch + 1, 0) if at_epoch_end else DataPosition(epoch, batch_index + 1))
+                    if step % self.train_cfg.log_every == 0:
+                        self._log_train(step, pending, started, progress)
+                    evaluated = self._eval_due(step, at_epoch_end)
+                    stop = False
+                    if evaluated or self._checkpoint_due(step):
+                        self.loop.position = position
+                        self.loop.train_seconds += time.perf_counter() - started
+                        started = time.perf_counter()
+                        stop = self._evaluate_and_checkpoint(step, evaluate=evaluated)
+                    if self._preempted(step):
+                        self.loop.position = position
+                        self.loop.train_seconds += time.perf_counter() - started
+                        self._save_and_exit_preempted(step)
+                    if stop or step >= self.total_steps or self._stopping_here(step):
+                        break
         self.loop.position = position
         self.loop.train_seconds += time.perf_counter() - started
         if pending.count and not self._stopping_here(step):  # else the checkpoint carries them to the next run
@@ -372,6 +395,13 @@ class Trainer:
             self._evaluate_and_checkpoint(step, evaluate=True, save=self.checkpoints.latest_step() != step)
         self.checkpoints.wait()
         return self._result(step)
+
+    def _preempted(self, step: int) -> bool:
+        """Whether this step is where the run stops for a preemption notice (every process asks at every
+        step: the multi-host sync point is agreed on by all of them)."""
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._sigterm
 
     def _eval_due(self, step: int, at_epoch_end: bool) -> bool:
         every = self.train_cfg.eval_every
@@ -418,6 +448,12 @@ class Trainer:
         meta = {**self.loop.to_json(), "pending_train_metrics": self.pending.to_json(),
                 "metrics_lines": self._metrics_lines()}
         self.checkpoints.save(step, self.state, meta, metrics)
+        self.upload_logs()
+
+    def upload_logs(self) -> None:
+        """A remote workdir gets the staged metrics.jsonl, TensorBoard events and train.log (process 0)."""
+        if self.is_writer and is_remote(self.workdir):
+            upload(self.staging, self.workdir, [name for name in STAGED_LOGS if (self.staging / name).exists()])
 
     def _log_train(self, step: int, pending: "_PendingMetrics", started: float, progress: ProgressBar) -> None:
         self._check_finite(step)
@@ -473,51 +509,47 @@ class Trainer:
         self.checkpoints.wait()
         self.checkpoints.close()
         self.metrics.close()
+        self.upload_logs()
 
 
 class _PendingMetrics:
-    """Step metrics summed on device; fetched (one host sync) only when logged. Checkpoints carry the sums
-    (exact float32 values), so a resumed run logs the same averages as one that never stopped."""
+    """Step metrics summed on device by the train step itself (no host work per step); fetched (one host
+    sync) only when logged. Checkpoints carry the sums (exact float32 values), so a resumed run logs the same
+    averages as one that never stopped. `count` is the number of steps summed (the host knows it)."""
 
-    DTYPES = {"loss_sum": jnp.float32, "targets": jnp.int32, "grad_norm": jnp.float32, "nonfinite": jnp.int32}
-
-    def __init__(self):
-        self._sums = None
+    def __init__(self, sharding=None):
+        self.sharding = sharding  # where the step keeps them (replicated): placed there from the start, so
+        self.sums = self._placed(zero_metric_sums())  # the step sees one input type and compiles once
         self.count = 0
 
-    def add(self, metrics: dict) -> None:
-        metrics = {"loss_sum": metrics["loss_sum"], "targets": metrics["count"], "grad_norm": metrics["grad_norm"],
-                   "nonfinite": metrics["nonfinite"]}
-        self._sums = metrics if self._sums is None else jax.tree.map(jnp.add, self._sums, metrics)
-        self.count += 1
+    def _placed(self, sums: dict) -> dict:
+        return sums if self.sharding is None else jax.device_put(sums, self.sharding)
 
     def take_nonfinite(self) -> int:
-        if self._sums is None:
-            return 0
-        bad = int(jax.device_get(self._sums["nonfinite"]))
+        bad = int(jax.device_get(self.sums["nonfinite"]))
         if bad:
-            self._sums = {**self._sums, "nonfinite": jnp.zeros((), jnp.int32)}
+            self.sums = {**self.sums, "nonfinite": self._placed(zero_metric_sums())["nonfinite"]}
         return bad
 
     def fetch(self) -> dict[str, float]:
-        sums = jax.device_get(self._sums)
+        sums = jax.device_get(self.sums)
         good_steps = self.count - int(sums["nonfinite"])
         values = {"loss": float(sums["loss_sum"]) / max(int(sums["targets"]), 1),
                   "grad_norm": float(sums["grad_norm"]) / max(good_steps, 1)}
-        self._sums, self.count = None, 0
+        self.sums, self.count = self._placed(zero_metric_sums()), 0
         return values
 
     def to_json(self) -> dict | None:
-        if self._sums is None:
+        if not self.count:
             return None
-        sums = jax.device_get(self._sums)
+        sums = jax.device_get(self.sums)
         return {"count": self.count, **{k: float(v) if k in ("loss_sum", "grad_norm") else int(v)
                                         for k, v in sums.items()}}
 
     @classmethod
-    def from_json(cls, saved: dict | None) -> "_PendingMetrics":
-        pending = cls()
+    def from_json(cls, saved: dict | None, sharding=None) -> "_PendingMetrics":
+        pending = cls(sharding)
         if saved:
             pending.count = int(saved["count"])
-            pending._sums = {k: jnp.asarray(saved[k], dtype) for k, dtype in cls.DTYPES.items()}
+            pending.sums = pending._placed({k: np.asarray(saved[k], dtype) for k, dtype in METRIC_SUM_DTYPES.items()})
         return pending

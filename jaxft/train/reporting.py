@@ -1,15 +1,22 @@
-"""What the training loop writes while it runs: metrics.jsonl (+ TensorBoard, W&B) and the progress bar."""
+"""What the training loop writes while it runs: metrics.jsonl (+ TensorBoard, W&B), the progress bar on a
+terminal, and plain log lines a person can follow in a log file (ProgressLog)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import numbers
+import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
+
+from jaxft.train.hooks import Hooks
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
@@ -52,6 +59,7 @@ class MetricsWriter:
         self._jsonl_file = None
         self._tensorboard = None
         self._wandb = None
+        self._listeners: list[Callable[[int, str, dict], None]] = []
         if not enabled:
             return
         from tensorboardX import SummaryWriter  # imported only where something is written
@@ -76,6 +84,12 @@ class MetricsWriter:
         if self._wandb is not None:
             scalars = {f"{split}/{n}": as_scalar(v) for n, v in metrics.items() if as_scalar(v) is not None}
             self._wandb.log({**scalars, "step": int(step)})
+        for listener in self._listeners:
+            listener(int(step), split, metrics)
+
+    def add_listener(self, listener: Callable[[int, str, dict], None]) -> None:
+        """listener(step, split, metrics) after every written record (ProgressLog's train lines)."""
+        self._listeners.append(listener)
 
     def add_wandb(self, project: str, config: dict | None = None) -> None:
         """Log every scalar to a W&B run too (`WANDB_MODE=offline` needs no network; files go to
@@ -123,9 +137,15 @@ def _throughput_text(tokens_per_sec: float | None) -> str:
     return "" if tokens_per_sec is None else f"{tokens_per_sec:,.0f} tok/s"
 
 
+def bar_visible(console: Console | None = None) -> bool:
+    """Whether a rich progress bar renders on `console` (default: stdout): a terminal or a notebook."""
+    console = console or Console()
+    return console.is_terminal or console.is_jupyter
+
+
 class ProgressBar:
-    """A rich progress bar: step/total, loss, tokens/s, ETA. Prints nothing when disabled;
-    on a non-terminal output rich prints only the final state."""
+    """A rich progress bar: step/total, loss, tokens/s, ETA. Prints nothing when disabled or when its console
+    is neither a terminal nor a notebook (a log file gets ProgressLog's lines instead)."""
 
     def __init__(self, total: int, description: str = "train", enabled: bool = True,
                  console: Console | None = None):
@@ -138,7 +158,7 @@ class ProgressBar:
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
-            disable=not enabled,
+            disable=not (enabled and bar_visible(console)),
             refresh_per_second=4,
         )
         self._task = self._progress.add_task(description, total=total, loss="", throughput="")
@@ -164,3 +184,129 @@ class ProgressBar:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------- plain log lines
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class ProgressLog:
+    """Log lines a person can follow where no progress bar renders (nohup, SLURM, CI logs):
+
+        step 40/400 (epoch 0.48) loss 0.5123 lr 9.50e-05 2,345 tokens/s eta 5m12s
+        evaluating dev: 359 rows in 6 batches
+        evaluating dev: 4/6 batches, 10 s
+        evaluated dev in 14.2 s
+
+    Train lines come from the metrics writer's train records (one per train.log_every steps; `train_lines`
+    False leaves them to the progress bar); evaluation lines from the task's evaluate and the trainer's
+    after_eval_batch hook, every `every_seconds` while an evaluation runs. The eta is the remaining steps
+    at the pace since the first line (the first line's pace includes compilation)."""
+
+    def __init__(self, *, total_steps: int, start_step: int, steps_per_epoch: int, predict_rows: int | None,
+                 train_lines: bool = True, log: logging.Logger | None = None, every_seconds: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total_steps, self.steps_per_epoch, self.predict_rows = total_steps, max(1, steps_per_epoch), predict_rows
+        self.train_lines, self.every_seconds, self.clock = train_lines, every_seconds, clock
+        self.log = log or logging.getLogger("jaxft.train")
+        self._origin = (clock(), start_step)   # pace of the first line: since the run (re)started
+        self._first_line: tuple[float, int] | None = None
+        self._eval: dict | None = None
+
+    @classmethod
+    def attach(cls, trainer, task, *, train_lines: bool, **options) -> "ProgressLog":
+        """Wire one into a Trainer (after restore_latest, so the start step is known) and its task: train
+        lines from trainer.metrics, evaluation progress from task.evaluate and the after_eval_batch hook."""
+        predict_rows = None if getattr(trainer.batches, "packed", False) else 2 * trainer.train_cfg.batch_size
+        progress = cls(total_steps=trainer.total_steps, start_step=int(trainer.state["step"]),
+                       steps_per_epoch=len(trainer.batches.epoch(0)), predict_rows=predict_rows,
+                       train_lines=train_lines, **options)  # PaddedBatches.predict: 2 x batch_size rows a batch
+        trainer.metrics.add_listener(progress.record_written)
+        trainer.hooks = EvalProgressHooks(trainer.hooks, progress)
+        task.evaluate = progress.watch(task.evaluate)
+        return progress
+
+    # ------------------------------------------------------------------ training
+
+    def record_written(self, step: int, split: str, metrics: dict) -> None:
+        if split == "train" and self.train_lines and as_scalar(metrics.get("loss")) is not None:
+            self.log.info("%s", self.train_line(step, metrics))
+
+    def train_line(self, step: int, metrics: dict) -> str:
+        now = self.clock()
+        if self._first_line is None:
+            self._first_line = (now, step)
+            since, since_step = self._origin
+        else:
+            since, since_step = self._first_line
+        parts = [f"step {step}/{self.total_steps} (epoch {step / self.steps_per_epoch:.2f})",
+                 f"loss {float(metrics['loss']):.4f}"]
+        if as_scalar(metrics.get("learning_rate")) is not None:
+            parts.append(f"lr {float(metrics['learning_rate']):.2e}")
+        if as_scalar(metrics.get("tokens_per_sec")) is not None:
+            parts.append(f"{float(metrics['tokens_per_sec']):,.0f} tokens/s")
+        if step > since_step:
+            parts.append(f"eta {duration_text((self.total_steps - step) * (now - since) / (step - since_step))}")
+        return " ".join(parts)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def watch(self, evaluate: Callable) -> Callable:
+        """task.evaluate(split, predict_batches), logging its start, progress and duration."""
+        def watched(split: str, predict_batches: Callable):
+            started = self.clock()
+            self._eval = {"split": split, "batches": 0, "total": None, "started": started, "last": started}
+
+            def counted(rows, *args, **kwargs):
+                total = math.ceil(len(rows) / self.predict_rows) if self.predict_rows and rows else None
+                self._eval["total"] = total
+                self.log.info("evaluating %s: %s rows%s", split, f"{len(rows):,}",
+                              f" in {total} batches" if total else "")
+                return predict_batches(rows, *args, **kwargs)
+
+            try:
+                return evaluate(split, counted)
+            finally:
+                if self._eval["batches"]:
+                    self.log.info("evaluated %s in %.1f s", split, self.clock() - started)
+                self._eval = None
+
+        return watched
+
+    def batch_done(self) -> None:
+        if self._eval is None:
+            return
+        self._eval["batches"] += 1
+        now = self.clock()
+        if now - self._eval["last"] >= self.every_seconds:
+            self._eval["last"] = now
+            of = f"/{self._eval['total']}" if self._eval["total"] else ""
+            self.log.info("evaluating %s: %d%s batches, %.0f s", self._eval["split"], self._eval["batches"], of,
+                          now - self._eval["started"])
+
+
+class EvalProgressHooks(Hooks):
+    """The run's hooks, plus ProgressLog's count of evaluation batches."""
+
+    def __init__(self, inner: Hooks, progress: ProgressLog):
+        self.inner, self.progress = inner, progress
+
+    def before_step(self, step: int, batch: dict) -> dict:
+        return self.inner.before_step(step, batch)
+
+    def after_step(self, step: int) -> None:
+        self.inner.after_step(step)
+
+    def after_save(self, step: int) -> None:
+        self.inner.after_save(step)
+
+    def after_eval_batch(self) -> None:
+        self.inner.after_eval_batch()
+        self.progress.batch_done()
+
+    def after_export_file(self, path: Path) -> None:
+        self.inner.after_export_file(path)

@@ -8,6 +8,7 @@ is a 1x1x1 mesh: the same code path, with trivial shardings.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -19,6 +20,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from jaxft.config import ConfigError
 from jaxft.models.paths import dotted
 
+log = logging.getLogger("jaxft.train")
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES = "embed=fsdp,mlp=tensor,heads=tensor,vocab=tensor"
@@ -59,6 +61,27 @@ def parse_rules(text: str) -> dict[str, str | None]:
     return rules
 
 
+def check_model_fits_mesh(config, mesh, rules: dict) -> None:
+    """Refuse a mesh that would cut what must stay whole: an attention head (its columns are split across
+    devices, which costs extra all-gathers in every layer), or leave a large dimension silently replicated
+    (the intermediate width, the vocabulary rows). The error names the shapes and the keys to change."""
+    wholes = (("heads", config.num_heads, "attention heads"),
+              ("mlp", config.intermediate_size, "intermediate (MLP) columns"),
+              ("vocab", config.vocab_size, "vocabulary rows"))
+    for logical, size, what in wholes:
+        axis = rules.get(logical)
+        if axis is None or mesh.shape[axis] == 1 or size % mesh.shape[axis] == 0:
+            continue
+        divisors = [d for d in range(2, min(size, 64) + 1) if size % d == 0][:6]
+        raise MeshError(f"mesh.{axis}={mesh.shape[axis]} does not divide the model's {size} {what} (mesh.rules "
+                        f"maps {logical!r} to {axis!r}): use a mesh.{axis} that divides {size}"
+                        + (f" (e.g. {', '.join(map(str, divisors))})" if divisors else "")
+                        + f", or set '{logical}=' in mesh.rules to keep them whole on every device")
+
+
+_replication_logged: set = set()
+
+
 def spec_for(shape: tuple[int, ...], logical: tuple | None, rules: dict, mesh) -> P:
     if not logical:
         return P()
@@ -66,9 +89,19 @@ def spec_for(shape: tuple[int, ...], logical: tuple | None, rules: dict, mesh) -
     for size, name in zip(shape, logical):
         axis = rules.get(name) if name else None
         if axis is not None and (size % mesh.shape[axis] or axis in axes):
+            _log_replication_once(name, size, axis, mesh.shape[axis], "already used" if axis in axes else "")
             axis = None  # not divisible (or axis already used): keep this dimension whole
         axes.append(axis)
     return P(*axes)
+
+
+def _log_replication_once(name, size, axis, shards, reason) -> None:
+    key = (name, size, axis, shards)
+    if key in _replication_logged:
+        return
+    _replication_logged.add(key)
+    why = f"mesh axis {axis!r} is {reason} by another dimension" if reason else f"{size} % {shards} != 0"
+    log.info("sharding: a %r dimension of %d stays whole (replicated over %r: %s)", name, size, axis, why)
 
 
 def variable_shardings(template, mesh, rules: dict) -> dict[str, NamedSharding]:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxft.train.state import Flat, ModelParts, rng_after_call
@@ -50,11 +51,30 @@ def update_ema(ema: Flat, params: Flat, decay: jax.Array) -> Flat:
                                         + (1.0 - decay) * p.astype(jnp.float32)).astype(avg.dtype), ema, params)
 
 
+METRIC_SUM_DTYPES = {"loss_sum": jnp.float32, "targets": jnp.int32, "grad_norm": jnp.float32, "nonfinite": jnp.int32}
+
+
+def zero_metric_sums() -> dict:
+    """The running sums a summed train step adds its step's metrics to (see make_train_step). Host arrays,
+    so every process of a multi-host run hands the same replicated values to the step."""
+    return {name: np.zeros((), dtype) for name, dtype in METRIC_SUM_DTYPES.items()}
+
+
+def add_metrics(sums: dict, metrics: dict) -> dict:
+    return {"loss_sum": sums["loss_sum"] + metrics["loss_sum"], "targets": sums["targets"] + metrics["count"],
+            "grad_norm": sums["grad_norm"] + metrics["grad_norm"], "nonfinite": sums["nonfinite"] + metrics["nonfinite"]}
+
+
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: LossFn,
-                    state_shardings=None, replicated=None, *, ema_decay: float = 0.0):
+                    state_shardings=None, replicated=None, *, ema_decay: float = 0.0, summed: bool = False):
     """Inputs arrive already placed (state, frozen params and batch carry their shardings); the new state
     keeps the state's shardings and the metrics are replicated. With ema_decay > 0 the state must hold
-    "ema" (init_train_state(..., ema=True)); it is updated after every good step."""
+    "ema" (init_train_state(..., ema=True)); it is updated after every good step.
+
+    step(state, frozen, batch) -> (state, metrics of this step); with summed=True,
+    step(state, frozen, batch, sums) -> (state, sums + this step's metrics): the training loop keeps its
+    running sums on the device this way (zero_metric_sums() to start), so a step costs the host nothing but
+    its dispatch."""
     def micro_loss(params, frozen, rng, micro_batch):
         model = parts.merge(params, frozen, rng, train=True)
         loss_sum, count = loss_fn(model, micro_batch)
@@ -101,7 +121,14 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return new_state, metrics
 
     out_shardings = None if state_shardings is None else (state_shardings, replicated)
-    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
+    if not summed:
+        return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
+
+    def summed_step(state: dict, frozen: Flat, batch: dict, sums: dict) -> tuple[dict, dict]:
+        new_state, metrics = train_step(state, frozen, batch)
+        return new_state, add_metrics(sums, metrics)
+
+    return jax.jit(summed_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 def make_predict_step(parts: ModelParts, predict_fn: PredictFn, out_sharding=None):
