@@ -13,8 +13,8 @@ EXTRAS  := test$(if $(EXTRA),$(comma)$(EXTRA),)
 # The newest jax/flax the dependency ranges admit need Python 3.12: a second venv tests them.
 NEWEST_PYTHON ?= python3.12
 VENV_NEWEST   ?= .venv-newest
-NEWEST_TESTS  := tests/test_model_parity.py tests/test_attention.py tests/test_sharding.py tests/test_preemption.py \
-                 tests/test_ner_job.py tests/test_imports.py
+NEWEST_TESTS  := tests/test_model_parity.py tests/test_attention.py tests/test_new_encoders.py tests/test_imports.py \
+                 tests/test_ner_job.py
 
 .PHONY: install run test test-newest
 install: $(VENV)/.installed

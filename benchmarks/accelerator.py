@@ -35,6 +35,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_throughput import time_steps  # noqa: E402 - the same first-step / per-step timing for PyTorch
 MODELS = {
     "base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512),
@@ -208,14 +210,7 @@ def torch_worker(case: dict, folder: str, steps: int, mode: str, attention_dropo
         if device == "cuda":
             torch.cuda.synchronize()
 
-    started = time.perf_counter()
-    run_step()
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - started)
+    first, times = time_steps(run_step, steps)
     step_time = statistics.median(times)
     tokens = int(batch["attention_mask"].sum())
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None

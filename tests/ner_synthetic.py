@@ -33,14 +33,16 @@ def sentence(rng: random.Random) -> list[tuple[str, str]]:
     return [("the", "O"), ("office", "O"), ("of", "O")] + org + filler
 
 
-def write_corpus(path: Path, sentences: int, *, seed: int = 0, per_document: int = 5) -> Path:
-    """`sentences` sentences, a -DOCSTART- line before every `per_document` of them."""
+def write_corpus(path: Path, sentences: int, *, seed: int = 0, per_document: int = 5, long_sentences: int = 0) -> Path:
+    """`sentences` sentences, a -DOCSTART- line before every `per_document` of them; the first
+    `long_sentences` of them are ten sentences run together (60-80 words)."""
     rng = random.Random(seed)
     lines = []
     for index in range(sentences):
         if index % per_document == 0:
             lines += ["-DOCSTART- O", ""]
-        lines += [f"{word}\t{tag}" for word, tag in sentence(rng)] + [""]
+        words = [pair for _ in range(10 if index < long_sentences else 1) for pair in sentence(rng)]
+        lines += [f"{word}\t{tag}" for word, tag in words] + [""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -128,20 +128,26 @@ def context_run(tmp_path_factory, tiny_bert):
     from jaxft.tasks.run import run
 
     root = tmp_path_factory.mktemp("ner-context")
-    data = write_corpus(root / "synthetic.conll", 200, seed=1, per_document=4)
+    data = write_corpus(root / "synthetic.conll", 200, seed=1, per_document=4, long_sentences=6)
     config = tiny_ner_config(tiny_bert, data, **{"ner.context_tokens": 8, "train.num_epochs": 3,
                                                  "data.max_length": 48, "optim.learning_rate": 3e-3})
     return root, run(config, root / "run"), config
 
 
 def test_context_run_scores_as_predict_with_conll_documents(context_run):
+    """A run with context and long training sentences: its test F1 is what `predict --format conll` on the
+    test sentences (in their documents) scores."""
     from jaxft.predict import run_predict
     from jaxft.tasks import ner
 
     root, results, config = context_run
     export = root / "run" / "export"
     assert json.loads((export / "jaxft_task.json").read_text())["context_tokens"] == 8
-    assert results["truncation"]["context_sentences"] > 100
+    truncation = results["truncation"]
+    assert truncation["context_sentences"] > 100
+    # six training sentences of 60-80 words are longer than max_length=48: windows, nothing truncated
+    assert truncation["windowed_sentences"] == 6 and truncation["windows"] >= 12
+    assert truncation["truncated_sentences"] == 0
     test = ner.read_splits(config.data).test
     lines, previous = [], object()
     for sentence in test:

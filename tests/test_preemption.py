@@ -5,7 +5,6 @@ that was never preempted (export bytes and the last checkpoint's arrays)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_port
+
 REPO = Path(__file__).parent.parent
 STEPS = 160  # long enough that SIGTERM lands mid-training (about 0.1-0.3 s a step here)
 SIGNAL_GAP_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_pair(workdir, model, data) -> list[subprocess.Popen]:

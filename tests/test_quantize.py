@@ -1,17 +1,22 @@
-"""int8 weight-only quantization and magnitude pruning: array maths, the quantize command's folder,
-logits of the quantized model against float32, size on disk, and loading through predict."""
+"""int8 quantization (integer matmuls with per-token activation scales, and weight-only) and magnitude pruning:
+array maths, the integer matmul against exact integer arithmetic and in the compiled program, the quantize
+command's folder, logits of the quantized model against float32, size on disk, and loading through predict."""
 
 import json
+import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import load_file
 
 from jaxft.main import main
 from jaxft.models import ModelLoadError, from_pretrained, load_tokenizer
-from jaxft.models.quantized import (MARKER, SCALE_SUFFIX, WEIGHTS_FILE, QuantizedEmbed, QuantizedLinear,
-                                    dequantize_rows, dequantize_tensors, quantize_rows)
+from jaxft.models.quantized import (DYNAMIC, MARKER, SCALE_SUFFIX, WEIGHT_ONLY, WEIGHTS_FILE, QuantizedEmbed,
+                                    QuantizedLinear, dequantize_rows, dequantize_tensors, int8_matmul,
+                                    quantize_activations, quantize_rows)
 from jaxft.predict import load_predictor
 from jaxft.quantize import folder_bytes, prune, quantize_folder, target_keys
 from jaxft.tasks.predictor import load_model
@@ -75,8 +80,34 @@ def batch_for(folder, texts):
     return batch["input_ids"], batch["attention_mask"]
 
 
+def test_int8_matmul_is_exact_integer_arithmetic():
+    """Per-token activation codes times int8 weights accumulate exactly in int32; only the scales are float."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 2, (2, 5, 48)).astype(np.float32)
+    x[0, 1] = 0.0  # an all-zero token gets scale 1 and codes 0
+    w = rng.normal(0, 0.05, (24, 48)).astype(np.float32)  # HF [out, in]
+    q, w_scale = quantize_rows(w)
+    codes, x_scale = (np.asarray(a) for a in quantize_activations(jnp.asarray(x)))
+    assert codes.dtype == np.int8 and np.abs(codes).max() == 127 and np.all(codes[0, 1] == 0)
+    assert np.all(np.abs(codes * x_scale - x) <= x_scale / 2 + 1e-6)
+    exact = (codes.astype(np.int64) @ q.T.astype(np.int64)).astype(np.float32) * x_scale * w_scale
+    got = np.asarray(int8_matmul(jnp.asarray(x), jnp.asarray(q.T), jnp.asarray(w_scale)))
+    np.testing.assert_allclose(got, exact, rtol=1e-6)
+    assert np.abs(got - x @ w.T).max() < 0.05 * np.abs(x @ w.T).max()
+
+
+def test_int8_dynamic_compiles_to_an_integer_dot(ner_export, tmp_path):
+    quantize_folder(ner_export, tmp_path / "int8")
+    model = load_model(tmp_path / "int8", "token-classification")
+    ids, mask = batch_for(ner_export, TEXTS)
+    graph, state = nnx.split(model)
+    forward = jax.jit(lambda state, ids, mask: nnx.merge(graph, state)(ids, mask))
+    hlo = forward.lower(state, ids, mask).compile().as_text()
+    assert len(re.findall(r"= s32\[[^\]]*\]\{[^}]*\} dot\(", hlo)) == 12  # each quantized layer: an int32 dot
+
+
 def test_quantized_logits_close_to_float32_and_exact_to_dequantized(ner_export, tmp_path):
-    summary = quantize_folder(ner_export, tmp_path / "int8")
+    summary = quantize_folder(ner_export, tmp_path / "int8", method=WEIGHT_ONLY)
     ids, mask = batch_for(ner_export, TEXTS)
     fp32 = np.asarray(from_pretrained(ner_export, task="token-classification")(ids, mask))
     quantized = load_model(tmp_path / "int8", "token-classification")
@@ -94,13 +125,23 @@ def test_quantized_logits_close_to_float32_and_exact_to_dequantized(ner_export, 
         variable.set_value(jnp.asarray(tensors[key].T if transpose else tensors[key]))
     np.testing.assert_allclose(q_logits, np.asarray(reference(ids, mask)), atol=2e-5)
     assert summary["quantized_params"] == 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    # integer matmuls (the default): the activations' rounding on top, within the same stated tolerance
+    quantize_folder(ner_export, tmp_path / "int8-dynamic")
+    assert json.loads((tmp_path / "int8-dynamic" / "config.json").read_text())[MARKER]["method"] == DYNAMIC
+    dynamic = load_model(tmp_path / "int8-dynamic", "token-classification")
+    assert all(m.activations == "dynamic" for _, m in nnx.iter_graph(dynamic)
+               if isinstance(m, QuantizedLinear))
+    d_logits = np.asarray(dynamic(ids, mask))
+    assert np.abs(d_logits - fp32)[real].max() < LOGIT_TOLERANCE
+    assert np.mean(d_logits.argmax(-1)[real] == fp32.argmax(-1)[real]) >= 0.97
+    assert not np.allclose(d_logits, q_logits, atol=1e-6)  # it is another computation
 
 
 def test_folder_layout_size_and_refusal_by_plain_loaders(ner_export, tmp_path):
     summary = quantize_folder(ner_export, tmp_path / "int8")
     out = tmp_path / "int8"
     assert not (out / "model.safetensors").exists()
-    assert json.loads((out / "config.json").read_text())[MARKER]["method"] == "int8_weight_only"
+    assert json.loads((out / "config.json").read_text())[MARKER]["activations"] == "dynamic_per_token"
     assert (out / "tokenizer.json").exists()
     tensors = load_file(str(out / WEIGHTS_FILE))
     keys = [k for k in tensors if k + SCALE_SUFFIX in tensors]

@@ -4,7 +4,6 @@ and no compilation after warm-up."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 from tiny_exports import CLS_LABELS, NER_LABELS, TEXTS, make_export
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXFT_COMPILATION_CACHE": "0"}
 SHAPES = ["--batch-sizes", "1,4", "--length-buckets", "16,32", "--max-length", "32"]
 LIMITS = ["--max-texts", "8", "--max-body-bytes", "4096", "--max-text-chars", "400"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(port: int, method: str, path: str, body: bytes | None = None, headers=None):

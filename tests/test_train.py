@@ -12,6 +12,7 @@ import pytest
 
 import jaxft.models as jm
 from conftest import tiny_ner_config
+from jaxft import runtime
 from jaxft.config import base_config
 from jaxft.data.batching import bucket_lengths, collate, epoch_batches
 from jaxft.train.optim import decays, learning_rate_schedule, make_optimizer, warmup_steps
@@ -167,7 +168,7 @@ def test_loop_compiles_at_most_once_per_bucket(tiny_bert, small_ner_file, tmp_pa
 
     config = tiny_ner_config(tiny_bert, small_ner_file, **{"train.num_epochs": 3})
     results = run(config, tmp_path)
-    buckets = bucket_lengths(config.data.max_length, config.data.bucket_multiple)
+    buckets = bucket_lengths(config.data.max_length, runtime.bucket_multiple(config.data.bucket_multiple))
     assert 1 <= results["compilations"]["train_step"] <= len(buckets)
     assert 1 <= results["compilations"]["predict_step"] <= len(buckets)
     assert results["steps"] == 3 * int(np.ceil(140 / 8))  # 70% of 200 sentences, batch 8

@@ -85,12 +85,15 @@ def attention(q, k, v, *, segment_ids, packed: bool, window: tuple[int, int] | N
     return context.astype(q.dtype)
 
 
-def masked_attention(q, k, v, allowed, *, dropout_rate: float = 0.0, dropout_rng=None, scale: float | None = None):
+def masked_attention(q, k, v, allowed, *, bias=None, dropout_rate: float = 0.0, dropout_rng=None,
+                     scale: float | None = None):
     """The explicit maths for layouts the entry point does not describe (e.g. prefix tuning's learned keys
-    before the real ones): q [B, T, N, H], k/v [B, S, N, H], `allowed` boolean broadcastable to [B, N, T, S].
-    Scores and softmax in float32, dropout as in the "xla" implementation."""
+    before the real ones): q [B, T, N, H], k/v [B, S, N, H], `allowed` boolean and `bias` (additive, optional)
+    broadcastable to [B, N, T, S]. Scores and softmax in float32, dropout as in the "xla" implementation."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        scores = scores + jnp.asarray(bias, jnp.float32)
     probs = jax.nn.softmax(jnp.where(allowed, scores, _MASKED_SCORE), axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)

@@ -1,4 +1,5 @@
-"""The BERT-family encoder in Flax NNX, one implementation for every family in `config.FAMILIES`.
+"""The BERT-family encoder in Flax NNX, for the families in `config.FAMILIES` whose backbone heads.ENCODERS does
+not name (MPNet's extends it with a shared score bias: models/mpnet.py; DeBERTa's is models/deberta.py).
 
 Attribute names are Hugging Face's BERT names, so a parameter path reads like the checkpoint key
 ("encoder.layer.3.attention.self.query.kernel" <-> "encoder.layer.3.attention.self.query.weight").
@@ -93,7 +94,7 @@ def describe_attention(config: EncoderConfig, dtype, packed: bool) -> str:
     parts = []
     for phase, dropout in (("train", config.attention_dropout > 0), ("eval", False)):
         name, reason = choose(config.attention, backend=backend, dtype=jnp.dtype(dtype), packed=packed,
-                              window=None, has_bias=False, dropout=dropout)
+                              window=None, has_bias=config.score_bias, dropout=dropout)
         parts.append(f"{phase} {reason}")
     return f"attention (model.attention={config.attention}, {backend}): " + "; ".join(parts)
 
@@ -138,9 +139,10 @@ class SelfAttention(nnx.Module):
             return {"dropout_rate": 0.0, "dropout_rng": None}
         return {"dropout_rate": self.dropout.rate, "dropout_rng": self.dropout.rngs()}
 
-    def __call__(self, x, rows: Rows):
+    def __call__(self, x, rows: Rows, bias=None):
+        """bias: an additive score bias broadcastable to [B, N, T, T] (MPNet's relative positions) or None."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        context = attention(q, k, v, segment_ids=rows.segment_ids, packed=rows.packed,
+        context = attention(q, k, v, segment_ids=rows.segment_ids, packed=rows.packed, bias=bias,
                             implementation=self.implementation, **self.dropout_arguments())
         return context.reshape(*context.shape[:-2], -1)
 
@@ -162,8 +164,8 @@ class Attention(nnx.Module):
         self.self = SelfAttention(config, dtype=dtype, rngs=rngs)
         self.output = DenseResidualNorm(config.hidden_size, config, ("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, rows: Rows):
-        return self.output(self.self(x, rows), x)
+    def __call__(self, x, rows: Rows, bias=None):
+        return self.output(self.self(x, rows, bias), x)
 
 
 class Intermediate(nnx.Module):
@@ -181,8 +183,8 @@ class Layer(nnx.Module):
         self.intermediate = Intermediate(config, dtype=dtype, rngs=rngs)
         self.output = DenseResidualNorm(config.intermediate_size, config, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, rows: Rows):
-        x = self.attention(x, rows)
+    def __call__(self, x, rows: Rows, bias=None):
+        x = self.attention(x, rows, bias)
         return self.output(self.intermediate(x), x)
 
 
@@ -205,19 +207,21 @@ class LayerStack(nnx.Module):
         self.remat = remat
         self.layer = nnx.List([Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
 
-    def __call__(self, x, rows: Rows):
+    def __call__(self, x, rows: Rows, bias=None):
+        """bias: the attention score bias every layer adds (see SelfAttention), or None."""
         for layer in self.layer:
             if self.remat == "none":
-                x = layer(x, rows)
+                x = layer(x, rows, bias)
             else:
-                x = nnx.remat(_layer_call(rows.packed), policy=REMAT_POLICIES[self.remat])(layer, x, rows.segment_ids)
+                x = nnx.remat(_layer_call(rows.packed), policy=REMAT_POLICIES[self.remat])(layer, x, rows.segment_ids,
+                                                                                           bias)
         return x
 
 
 def _layer_call(packed: bool):
-    """layer(x, segment_ids) with the static `packed` closed over (remat takes arrays only)."""
-    def call(layer, x, segment_ids):
-        return layer(x, Rows(segment_ids, packed))
+    """layer(x, segment_ids, bias) with the static `packed` closed over (remat takes arrays only)."""
+    def call(layer, x, segment_ids, bias):
+        return layer(x, Rows(segment_ids, packed), bias)
     return call
 
 

@@ -17,15 +17,35 @@ from flax import nnx
 
 from jaxft.config import PROBLEM_TYPES
 from jaxft.models.activations import activation
-from jaxft.models.config import EncoderConfig
-from jaxft.models.encoder import Encoder, dense, layer_norm
-from jaxft.models.paths import get_module, split_dotted
+from jaxft.models.blocks import PredictionHead, linear, masked_mean, norm, pool
+from jaxft.models.config import FAMILIES, EncoderConfig
+from jaxft.models.deberta import DebertaV2Encoder
+from jaxft.models.encoder import Encoder, dense
+from jaxft.models.mpnet import MPNetEncoder
+from jaxft.models.paths import get_module, place, split_dotted
+from jaxft.models.rotary_encoder import RotaryEncoder
 
 TOKEN_CLASSIFICATION = "token-classification"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 QUESTION_ANSWERING = "question-answering"
 MASKED_LM = "masked-lm"
 BARE_ENCODER_SUFFIX = "Model"  # BertModel, RobertaModel, ...: no task head
+
+# The backbone of the families whose layers are not encoder.Encoder's (by model_type); called alike.
+ENCODERS: dict[str, type[nnx.Module]] = {"deberta-v2": DebertaV2Encoder, "mpnet": MPNetEncoder}
+
+
+ENCODERS.update({name: RotaryEncoder for name, family in FAMILIES.items() if family.layout is not None})
+
+
+def encoder_class(config: EncoderConfig) -> type[nnx.Module]:
+    return ENCODERS.get(config.model_type, Encoder)
+
+
+def word_embeddings(backbone: nnx.Module) -> nnx.Embed:
+    """The word-embedding table of any backbone ("embeddings.word_embeddings"; the rotary families name it
+    their own way: ModernBERT "embeddings.tok_embeddings", EuroBERT "embed_tokens")."""
+    return backbone.word_embeddings if isinstance(backbone, RotaryEncoder) else backbone.embeddings.word_embeddings
 
 
 class TaskModel(nnx.Module):
@@ -38,7 +58,8 @@ class TaskModel(nnx.Module):
         self.prefix = config.family.prefix
         self.labels = tuple(labels)
         self.hf_config_json = hf_config_json  # the source config.json, kept for save_pretrained
-        setattr(self, self.prefix, Encoder(config, add_pooler=add_pooler, dtype=dtype, remat=remat, rngs=rngs))
+        setattr(self, self.prefix, encoder_class(config)(config, add_pooler=add_pooler, dtype=dtype, remat=remat,
+                                                         rngs=rngs))
 
     @property
     def backbone(self) -> Encoder:
@@ -52,6 +73,13 @@ class TaskModel(nnx.Module):
     def num_labels(self) -> int:
         return len(self.labels)
 
+    def _init_prediction_head(self, config: EncoderConfig, dtype, rngs: nnx.Rngs) -> None:
+        if config.family.prediction_head:  # ModernBERT: every task head starts with `head` (dense, act, norm)
+            self.head = PredictionHead(config, dtype=dtype, rngs=rngs)
+
+    def transform(self, hidden):
+        return self.head(hidden) if hasattr(self, "head") else hidden
+
 
 class ForTokenClassification(TaskModel):
     task = TOKEN_CLASSIFICATION
@@ -59,13 +87,14 @@ class ForTokenClassification(TaskModel):
     def __init__(self, config: EncoderConfig, labels, hf_config_json: str = "{}", *, dtype=jnp.float32,
                  remat: str = "none", rngs: nnx.Rngs):
         self._init_backbone(config, labels, hf_config_json, False, dtype, rngs, remat)
+        self._init_prediction_head(config, dtype, rngs)
         self.dropout = nnx.Dropout(config.classifier_dropout, rngs=rngs)
         self.classifier = dense(config.hidden_size, len(labels), ("embed", None), dtype=dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                  segment_ids=None):
         hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, segment_ids)
-        return self.classifier(self.dropout(hidden)).astype(jnp.float32)
+        return self.classifier(self.dropout(self.transform(hidden))).astype(jnp.float32)
 
 
 class ClassificationHead(nnx.Module):
@@ -81,6 +110,18 @@ class ClassificationHead(nnx.Module):
         x = self.dense(self.dropout(hidden[:, 0]))
         x = jnp.tanh(x) if self.act == "tanh" else jax.nn.gelu(x, approximate=False)
         return self.out_proj(self.dropout(x))
+
+
+class ContextPooler(nnx.Module):
+    """DeBERTa's sequence pooler: act(dense(dropout(first token))) with pooler_dropout and pooler_hidden_act."""
+
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.dense = dense(config.hidden_size, config.hidden_size, ("embed", None), dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.deberta.pooler_dropout, rngs=rngs)
+        self.act = config.deberta.pooler_hidden_act
+
+    def __call__(self, hidden):
+        return activation(self.act)(self.dense(self.dropout(hidden[:, 0])))
 
 
 class ForSequenceClassification(TaskModel):
@@ -101,12 +142,24 @@ class ForSequenceClassification(TaskModel):
             return
         if self.head_kind == "pre_classifier_relu":
             self.pre_classifier = dense(hidden, hidden, ("embed", None), dtype=dtype, rngs=rngs)
+        if self.head_kind == "context_pooler":
+            self.pooler = ContextPooler(config, dtype=dtype, rngs=rngs)
+        if self.head_kind == "prediction_head":  # ModernBERT: pool (cls | mean), head, dropout, classifier
+            self._init_prediction_head(config, dtype, rngs)
+        if self.head_kind == "pooled_dense_gelu":  # EuroBERT: pool (bos | mean | late), dense, GELU, classifier
+            self.dense = dense(hidden, hidden, ("embed", None), dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(config.sequence_dropout, rngs=rngs)
         self.classifier = dense(hidden, num_labels, (None, None), dtype=dtype, rngs=rngs)
 
-    def pooled(self, hidden):
+    def pooled(self, hidden, attention_mask=None):
         if self.head_kind == "pooler_tanh":
             return self.backbone.pooler(hidden)
+        if self.head_kind == "context_pooler":
+            return self.pooler(hidden)
+        if self.head_kind == "prediction_head":
+            return self.transform(pool(hidden, attention_mask, self.config.rotary.classifier_pooling))
+        if self.head_kind == "pooled_dense_gelu":
+            return _gelu(self.dense(pool(hidden, attention_mask, self.config.rotary.classifier_pooling)))
         return jax.nn.relu(self.pre_classifier(hidden[:, 0]))
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
@@ -114,7 +167,14 @@ class ForSequenceClassification(TaskModel):
         hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, segment_ids)
         if isinstance(self.classifier, ClassificationHead):
             return self.classifier(hidden).astype(jnp.float32)
-        return self.classifier(self.dropout(self.pooled(hidden))).astype(jnp.float32)
+        if self.head_kind == "pooled_dense_gelu" and self.config.rotary.classifier_pooling == "late":
+            # EuroBERT's "late" pooling: every token's logits, then their mean over the real tokens
+            return masked_mean(self.classifier(_gelu(self.dense(hidden))), attention_mask)
+        return self.classifier(self.dropout(self.pooled(hidden, attention_mask))).astype(jnp.float32)
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)
 
 
 class ForQuestionAnswering(TaskModel):
@@ -123,13 +183,15 @@ class ForQuestionAnswering(TaskModel):
     def __init__(self, config: EncoderConfig, labels=("start", "end"), hf_config_json: str = "{}", *,
                  dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         self._init_backbone(config, labels, hf_config_json, False, dtype, rngs, remat)
+        self._init_prediction_head(config, dtype, rngs)
         self.dropout = nnx.Dropout(config.qa_dropout, rngs=rngs)
-        self.qa_outputs = dense(config.hidden_size, 2, ("embed", None), dtype=dtype, rngs=rngs)
+        self.span_head = config.family.qa_head  # "qa_outputs"; ModernBERT "classifier"
+        setattr(self, self.span_head, dense(config.hidden_size, 2, ("embed", None), dtype=dtype, rngs=rngs))
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                  segment_ids=None):
         hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, segment_ids)
-        logits = self.qa_outputs(self.dropout(hidden)).astype(jnp.float32)
+        logits = getattr(self, self.span_head)(self.dropout(self.transform(hidden))).astype(jnp.float32)
         return logits[..., 0], logits[..., 1]
 
 
@@ -137,11 +199,12 @@ class ForQuestionAnswering(TaskModel):
 class MlmLayout:
     """Where a family keeps its masked-LM head in a Hugging Face checkpoint (module paths, dotted)."""
 
-    dense: str          # transform dense (hidden -> embedding width)
+    dense: str          # transform dense (hidden -> embedding width); "": no transform (EuroBERT)
     norm: str           # LayerNorm after the activation
     bias: str           # module holding the output bias over the vocabulary
-    decoder: str        # module holding the decoder weight when it is not tied to the word embeddings
-    activation: str     # "config": the encoder's hidden_act; else a fixed activation name
+    decoder: str        # module holding the decoder weight when it is not tied ("": always tied, no weight)
+    activation: str     # "config": the encoder's hidden_act; "classifier": ModernBERT's classifier_activation;
+                        # else a fixed activation name
     tied_aliases: tuple[str, ...] = ()  # checkpoint keys that are copies of tied weights (never needed)
 
 
@@ -155,18 +218,37 @@ MLM_LAYOUTS = {
                             ("vocab_projector.weight",)),
     "electra": MlmLayout("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head",
                          "generator_lm_head", "gelu", ("generator_lm_head.weight",)),
+    # DeBERTa-v2 with config "legacy" true (transformers' default): BERT's layout
+    "deberta": MlmLayout("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                         "cls.predictions", "cls.predictions.decoder", "config",
+                         ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")),
+    # "legacy": false, the head the DeBERTa-v3 checkpoints carry (always tied to the word embeddings)
+    "deberta-lm_predictions": MlmLayout("lm_predictions.lm_head.dense", "lm_predictions.lm_head.LayerNorm",
+                                        "lm_predictions.lm_head", "", "config"),
+    "mpnet": MlmLayout("lm_head.dense", "lm_head.layer_norm", "lm_head", "lm_head.decoder", "gelu",
+                       ("lm_head.decoder.weight", "lm_head.decoder.bias")),
+    # the rotary families, by model_type (ModernBERT and EuroBERT share the prefix "model")
+    "modernbert": MlmLayout("head.dense", "head.norm", "decoder", "decoder", "classifier", ("decoder.weight",)),
+    "eurobert": MlmLayout("", "", "lm_head", "lm_head", "config", ("lm_head.weight",)),
+    "gte": MlmLayout("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", "lm_head.decoder", "gelu",
+                     ("lm_head.decoder.weight",)),
 }
 
 
-class _Node(nnx.Module):
-    """An empty module: the intermediate names of a Hugging Face path ("cls", "predictions")."""
+def mlm_layout_name(config: EncoderConfig) -> str:
+    if config.deberta is not None and not config.deberta.legacy_mlm:
+        return "deberta-lm_predictions"
+    if config.rotary is not None:
+        return config.model_type
+    return config.family.prefix
 
 
 class _OutputBias(nnx.Module):
     """The vocabulary bias (and, untied, the decoder kernel [embedding, vocab]) under the family's name."""
 
-    def __init__(self, width: int, vocab: int, tied: bool, *, rngs: nnx.Rngs):
-        self.bias = nnx.Param(jnp.zeros((vocab,), jnp.float32), out_sharding=("vocab",), eager_sharding=False)
+    def __init__(self, width: int, vocab: int, tied: bool, *, bias: bool = True, rngs: nnx.Rngs):
+        if bias:  # ModernBERT's decoder_bias / EuroBERT's mlp_bias may turn it off
+            self.bias = nnx.Param(jnp.zeros((vocab,), jnp.float32), out_sharding=("vocab",), eager_sharding=False)
         if not tied:
             self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (width, vocab), jnp.float32),
                                     out_sharding=("embed", "vocab"), eager_sharding=False)
@@ -176,7 +258,8 @@ class ForMaskedLM(TaskModel):
     """Encoder + the family's masked-LM head: dense -> activation -> LayerNorm -> decoder (tied to the word
     embeddings unless the config says tie_word_embeddings=false) + bias. Parameter paths are the family's
     Hugging Face names (BERT "cls.predictions.*", RoBERTa "lm_head.*", DistilBERT "vocab_*", ELECTRA
-    "generator_*"), so weights load from and save to *ForMaskedLM checkpoints.
+    "generator_*", ModernBERT "head.*" + "decoder", EuroBERT "lm_head" alone, GTE "lm_head.*"), so weights load
+    from and save to *ForMaskedLM checkpoints.
 
     `masked_positions` [batch, k] (optional): logits only at those positions, [batch, k, vocab] - the
     training loss needs the ~15% masked positions, not a [batch, seq, vocab] tensor.
@@ -188,16 +271,21 @@ class ForMaskedLM(TaskModel):
 
     def __init__(self, config: EncoderConfig, labels=(), hf_config_json: str = "{}", *, dtype=jnp.float32,
                  remat: str = "none", add_pooler: bool = False, tied: bool = True, rngs: nnx.Rngs):
-        if config.family.prefix not in MLM_LAYOUTS:
+        if mlm_layout_name(config) not in MLM_LAYOUTS:
             raise ValueError(f"no masked-LM head layout for {config.model_type}")
         self._init_backbone(config, (), hf_config_json, add_pooler, dtype, rngs, remat)
         layout = self.mlm_layout
+        tied = tied or not layout.decoder
         width, hidden = config.embedding_size, config.hidden_size
+        settings = config.rotary  # the rotary families' biases; the others have all of them
         # the bias module first: BERT's transform lives inside it ("cls.predictions" + ".transform.dense")
         self._place(layout.bias, _OutputBias(width, config.vocab_size, tied or layout.decoder != layout.bias,
-                                             rngs=rngs))
-        self._place(layout.dense, dense(hidden, width, ("embed", None), dtype=dtype, rngs=rngs))
-        self._place(layout.norm, layer_norm(width, config.layer_norm_eps, dtype=dtype, rngs=rngs))
+                                             bias=settings.decoder_bias if settings else True, rngs=rngs))
+        if layout.dense:
+            self._place(layout.dense, linear(hidden, width, ("embed", None), dtype=dtype, rngs=rngs,
+                                             bias=settings.classifier_bias if settings else True))
+            self._place(layout.norm, norm("layer", width, config.layer_norm_eps, dtype=dtype, rngs=rngs,
+                                          bias=settings.norm_bias if settings else True))
         self.tied = tied
         self.separate_decoder = not tied and layout.decoder != layout.bias
         if self.separate_decoder:
@@ -206,40 +294,43 @@ class ForMaskedLM(TaskModel):
 
     @property
     def mlm_layout(self) -> MlmLayout:
-        return MLM_LAYOUTS[self.config.family.prefix]
+        return MLM_LAYOUTS[mlm_layout_name(self.config)]
 
     def _place(self, dotted: str, module: nnx.Module) -> None:
-        node = self
-        *parents, name = dotted.split(".")
-        for part in parents:
-            if not hasattr(node, part):
-                setattr(node, part, _Node())
-            node = getattr(node, part)
-        setattr(node, name, module)
+        place(self, dotted, module)
 
     def _find(self, dotted: str):
         return get_module(self, split_dotted(dotted))
 
-    def head(self, hidden):
+    def _activation(self, layout: MlmLayout):
+        if layout.activation == "config":
+            return activation(self.config.hidden_act)
+        if layout.activation == "classifier":
+            return activation(self.config.rotary.classifier_activation)
+        return activation(layout.activation)
+
+    def vocabulary_logits(self, hidden):
         """Hidden states [..., hidden] -> vocabulary logits [..., vocab] (float32)."""
         layout = self.mlm_layout
-        act = activation(self.config.hidden_act if layout.activation == "config" else layout.activation)
-        x = self._find(layout.norm)(act(self._find(layout.dense)(hidden)))
+        x = hidden
+        if layout.dense:
+            x = self._find(layout.norm)(self._activation(layout)(self._find(layout.dense)(hidden)))
         output = self._find(layout.bias)
         if self.tied:
-            logits = self.backbone.embeddings.word_embeddings.attend(x)
+            logits = word_embeddings(self.backbone).attend(x)
         elif self.separate_decoder:
             return self._find(layout.decoder)(x).astype(jnp.float32)
         else:
             logits = x @ output.kernel.get_value().astype(x.dtype)
-        return logits.astype(jnp.float32) + output.bias.get_value()
+        logits = logits.astype(jnp.float32)
+        return logits + output.bias.get_value() if hasattr(output, "bias") else logits
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  masked_positions=None, segment_ids=None):
         hidden = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, segment_ids=segment_ids)
         if masked_positions is not None:
             hidden = jnp.take_along_axis(hidden, masked_positions[..., None].astype(jnp.int32), axis=1)
-        return self.head(hidden)
+        return self.vocabulary_logits(hidden)
 
 
 @dataclasses.dataclass(frozen=True)

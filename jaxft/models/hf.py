@@ -24,10 +24,10 @@ from safetensors.flax import load_file as load_flax_tensors
 from safetensors.numpy import load_file, save_file
 
 from jaxft.files import write_folder
-from jaxft.models.config import EncoderConfig, UnsupportedModelError, read_hf_config, with_dropout
-from jaxft.models.encoder import Encoder
+from jaxft.models.config import FAMILIES, EncoderConfig, UnsupportedModelError, read_hf_config, with_dropout
 from jaxft.models.heads import (BARE_ENCODER_SUFFIX, HEADS, MASKED_LM, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION,
-                                TASKS, ForMaskedLM, TaskModel, head_for_architecture)
+                                TASKS, ForMaskedLM, TaskModel, encoder_class, head_for_architecture)
+from jaxft.models.rotary_encoder import from_hf_columns, fused_output_order, to_hf_columns
 
 log = logging.getLogger("jaxft.models")
 
@@ -205,6 +205,24 @@ def hf_key(path: tuple, config: EncoderConfig) -> tuple[str, bool]:
     return f"{dotted}{name}", transpose
 
 
+def module_path(path: tuple) -> str:
+    """A parameter path's module, dotted ("model.layers.0.attn.Wqkv" of "...Wqkv.kernel")."""
+    return ".".join(str(p) for p in path[:-1])
+
+
+def to_hf_array(path: tuple, array: np.ndarray, config: EncoderConfig) -> np.ndarray:
+    """One parameter's value in the family checkpoint's layout: kernels transposed to [out, in], and a fused
+    projection's output columns in Hugging Face's order (models/blocks.py)."""
+    array = to_hf_columns(np.asarray(array, dtype=np.float32), fused_output_order(module_path(path), config))
+    return np.ascontiguousarray(array.T if hf_key(path, config)[1] else array)
+
+
+def from_hf_array(path: tuple, array: np.ndarray, config: EncoderConfig) -> np.ndarray:
+    """The inverse of to_hf_array: a checkpoint array (of the parameter's shape, once transposed) -> ours."""
+    array = array.T if hf_key(path, config)[1] else array
+    return from_hf_columns(array, fused_output_order(module_path(path), config))
+
+
 def param_items(model: nnx.Module):
     """(path, Variable) for every parameter of the model, in a stable order."""
     return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
@@ -214,9 +232,7 @@ def to_hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     config = model.config
     tensors = {}
     for path, variable in param_items(model):
-        key, transpose = hf_key(path, config)
-        array = np.asarray(variable.get_value(), dtype=np.float32)
-        tensors[key] = np.ascontiguousarray(array.T if transpose else array)
+        tensors[hf_key(path, config)[0]] = to_hf_array(path, variable.get_value(), config)
     return tensors
 
 
@@ -246,9 +262,10 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str | None = None, *,
         raise ModelLoadError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf_config = with_dropout(read_hf_config(str(config_path)), hidden_dropout, attention_dropout)
     config = dataclasses.replace(EncoderConfig.from_hf(hf_config, source=str(config_path)), attention=attention)
+    _check_head(config, task, config_path)
     labels = _resolve_labels(task, hf_config, num_labels, id2label)
     dtype = jnp.dtype(dtype)
-    checkpoint = _normalise_legacy_names(read_checkpoint(folder))
+    checkpoint = _family_names(_normalise_legacy_names(read_checkpoint(folder)), config)
     if task == MASKED_LM:
         model = _build_masked_lm(config, hf_config, checkpoint, dtype, seed, remat)
     else:
@@ -270,9 +287,24 @@ def from_tensors(folder: str | os.PathLike, tensors: dict[str, np.ndarray], task
     folder = Path(folder)
     hf_config = read_hf_config(str(folder / "config.json"))
     config = EncoderConfig.from_hf(hf_config, source=str(folder / "config.json"))
+    _check_head(config, task, folder / "config.json")
     labels = _resolve_labels(task, hf_config, None, None)
     model = _build(config, task, labels, hf_config, None, jnp.dtype(dtype), 0, "none")
-    return model, _load_weights(model, config, tensors, folder, False)
+    return model, _load_weights(model, config, _family_names(tensors, config), folder, False)
+
+
+def _check_head(config: EncoderConfig, task: str | None, source) -> None:
+    if task in config.family.missing_heads:
+        raise UnsupportedModelError(
+            f"{source}: {config.model_type} has no {task} head in transformers (no {config.family.class_stem}"
+            f"{HEADS[task].architecture_suffix}), so jaxft builds none; heads for it: "
+            f"{', '.join(t for t in TASKS if t not in config.family.missing_heads)}")
+
+
+def _family_names(checkpoint: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
+    """Checkpoint keys in the family's transformers names (GTE's original remote-code names are converted)."""
+    convert = config.family.convert_checkpoint
+    return convert(checkpoint) if convert is not None else checkpoint
 
 
 def _resolve_labels(task, hf_config, num_labels, id2label) -> tuple[str, ...]:
@@ -298,8 +330,9 @@ def _build(config, task, labels, hf_config, problem_type, dtype, seed, remat) ->
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     hf_json = json.dumps(hf_config, sort_keys=True)
     if task is None:
-        return Encoder(config, add_pooler=config.family.sequence_head == "pooler_tanh", dtype=dtype,
-                       hf_config_json=hf_json, remat=remat, rngs=rngs)
+        add_pooler = config.family.sequence_head == "pooler_tanh" and config.family.bare_pooler
+        return encoder_class(config)(config, add_pooler=add_pooler, dtype=dtype, hf_config_json=hf_json, remat=remat,
+                                     rngs=rngs)
     module = HEADS[task].module
     if task == SEQUENCE_CLASSIFICATION:
         problem_type = problem_type or hf_config.get("problem_type") or "single_label_classification"
@@ -331,7 +364,7 @@ def _align_prefix(checkpoint: dict[str, np.ndarray], prefix: str | None) -> dict
     return checkpoint
 
 
-_KNOWN_PREFIXES = ("bert", "roberta", "distilbert", "electra")
+_KNOWN_PREFIXES = tuple(sorted({family.prefix for family in FAMILIES.values()}))
 
 
 def _load_weights(model, config, checkpoint, folder, ignore_mismatched_sizes) -> LoadReport:
@@ -356,7 +389,7 @@ def _load_weights(model, config, checkpoint, folder, ignore_mismatched_sizes) ->
             mismatched.append(key)
             head_missing |= in_head
             continue
-        variable.set_value(jnp.asarray(array, dtype=jnp.float32))
+        variable.set_value(jnp.asarray(from_hf_array(path, checkpoint[key], config), dtype=jnp.float32))
     nnx.update(model, state)
     return LoadReport(missing=missing, unexpected=sorted(unused), mismatched=mismatched,
                       new_head=head_missing)

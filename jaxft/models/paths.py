@@ -28,3 +28,19 @@ def set_module(root: nnx.Module, path: tuple, module) -> None:
 def split_dotted(name: str) -> tuple:
     """"encoder.layer.3.attention" -> ("encoder", "layer", 3, "attention"): list indices as ints."""
     return tuple(int(part) if part.isdigit() else part for part in name.split("."))
+
+
+class PathGroup(nnx.Module):
+    """An empty module standing for an intermediate name of a Hugging Face path ("embeddings" in
+    "embeddings.norm"), created by `place`."""
+
+
+def place(root: nnx.Module, name: str, module: nnx.Module) -> None:
+    """Put `module` at the dotted `name` under root, creating empty PathGroups for missing parents."""
+    node = root
+    *parents, last = name.split(".")
+    for part in parents:
+        if not hasattr(node, part):
+            setattr(node, part, PathGroup())
+        node = getattr(node, part)
+    setattr(node, last, module)

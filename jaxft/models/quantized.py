@@ -1,11 +1,17 @@
-"""int8 weight-only model folders: the file format (symmetric int8, one scale per output channel) and the
-modules that run it (QuantizedLinear, QuantizedEmbed). jaxft/quantize.py writes such folders; predict and
-serve load them here.
+"""int8 model folders: the file format (symmetric int8 weights, one scale per output channel) and the modules
+that run it (QuantizedLinear, QuantizedEmbed). jaxft/quantize.py writes such folders; predict and serve load
+them here.
 
 A quantized folder holds `model_int8.safetensors` (int8 "<key>" plus float32 "<key>_scale" for every
-quantized tensor, float32 for the rest) and config.json with a "jaxft_quantization" entry. At inference a
-QuantizedLinear keeps the int8 kernel on the device and computes (x @ q) * s + b: the kernel is converted
-inside the compiled program and the per-output-channel scale is applied after the matmul, which is exact.
+quantized tensor, float32 for the rest) and config.json with a "jaxft_quantization" entry whose "method"
+says how the dense layers compute (METHODS):
+- "int8_dynamic" (W8A8): each row of the activations x (each token) is quantized on the fly, symmetric with
+  its own scale max|x_row| / 127, and the matmul runs in integers, int8 x int8 -> int32
+  (lax.dot_general with preferred_element_type=int32); y = acc * x_scale * w_scale + b. The rounding of the
+  activations is the only error beyond the weights'. XLA:CPU lowers the int8 dot to its YNNPACK int8 kernels
+  (VNNI / AMX where the CPU has them); GPUs use the integer tensor cores.
+- "int8_weight_only": y = (x @ q) * s + b in floating point: the kernel is converted inside the compiled
+  program and the per-output-channel scale applied after the matmul, which is exact; smaller files, not faster.
 """
 
 from __future__ import annotations
@@ -13,18 +19,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
 from jaxft.models.hf import ModelLoadError, from_tensors, hf_key, param_items
-from jaxft.models.paths import set_module
+from jaxft.models.paths import dotted, set_module
+from jaxft.models.rotary_encoder import from_hf_columns, fused_output_order
 
 MARKER = "jaxft_quantization"
 WEIGHTS_FILE = "model_int8.safetensors"
 SCALE_SUFFIX = "_scale"
 QMAX = 127
+DYNAMIC, WEIGHT_ONLY = "int8_dynamic", "int8_weight_only"
+METHODS = (DYNAMIC, WEIGHT_ONLY)
 
 
 # ---------------------------------------------------------------------------------------------- arrays
@@ -64,19 +74,42 @@ class WeightScale(nnx.Param):
     """float32 scale per output channel (kernels) or per row (embedding tables)."""
 
 
-class QuantizedLinear(nnx.Module):
-    """y = (x @ q) * scale + bias: nnx.Linear's output with an int8 kernel and per-output-channel scales."""
+def quantize_activations(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric int8 per row of the last axis (per token): (codes int8 [..., in], scale float32 [..., 1])."""
+    x = x.astype(jnp.float32)
+    peak = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    scale = jnp.where(peak > 0, peak / QMAX, 1.0)
+    return jnp.clip(jnp.round(x / scale), -QMAX, QMAX).astype(jnp.int8), scale
 
-    def __init__(self, q_in_out: np.ndarray, scale: np.ndarray, bias, dtype=None):
+
+def int8_matmul(x: jax.Array, q: jax.Array, weight_scale: jax.Array) -> jax.Array:
+    """x [..., in] float @ q [in, out] int8 with per-output-channel scales, as an integer matmul (float32 out)."""
+    codes, x_scale = quantize_activations(x)
+    acc = jax.lax.dot_general(codes, q, (((codes.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+    return acc.astype(jnp.float32) * x_scale * weight_scale.astype(jnp.float32)
+
+
+class QuantizedLinear(nnx.Module):
+    """nnx.Linear's output from an int8 kernel [in, out] and per-output-channel scales: with `activations`
+    "dynamic" an integer matmul of per-token quantized activations (int8_matmul), with "none"
+    y = (x @ q) * scale + bias in the compute dtype."""
+
+    def __init__(self, q_in_out: np.ndarray, scale: np.ndarray, bias, dtype=None, activations: str = "none"):
+        if activations not in ("dynamic", "none"):
+            raise ValueError(f"activations must be 'dynamic' or 'none', got {activations!r}")
         self.kernel_q = Int8Weight(jnp.asarray(q_in_out, jnp.int8))
         self.scale = WeightScale(jnp.asarray(scale, jnp.float32))
         self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
         self.dtype = dtype
+        self.activations = activations
 
     def __call__(self, x):
         dtype = self.dtype or x.dtype
-        y = jnp.dot(x.astype(dtype), self.kernel_q.get_value().astype(dtype))
-        y = y * self.scale.get_value().astype(dtype)
+        if self.activations == "dynamic":
+            y = int8_matmul(x, self.kernel_q.get_value(), self.scale.get_value()).astype(dtype)
+        else:
+            y = jnp.dot(x.astype(dtype), self.kernel_q.get_value().astype(dtype))
+            y = y * self.scale.get_value().astype(dtype)
         if self.bias is not None:
             y = y + self.bias.get_value().astype(dtype)
         return y
@@ -113,7 +146,9 @@ def swap_in_quantized(model: nnx.Module, tensors: dict[str, np.ndarray]) -> list
         q, scale = tensors[key], tensors[key + SCALE_SUFFIX]
         if isinstance(old, nnx.Linear):
             bias = None if old.bias is None else np.asarray(old.bias.get_value())
-            new = QuantizedLinear(q.T, scale, bias, dtype=old.dtype)  # HF [out, in] -> kernel [in, out]
+            order = fused_output_order(dotted(path), model.config)  # a fused projection: jaxft's column order
+            new = QuantizedLinear(from_hf_columns(q.T, order), from_hf_columns(scale, order), bias,
+                                  dtype=old.dtype)  # HF [out, in] -> kernel [in, out]
         elif isinstance(old, nnx.Embed):
             new = QuantizedEmbed(q, scale, dtype=old.dtype)
         else:
@@ -146,5 +181,17 @@ def load_quantized(model_dir: str | Path, task: str, dtype=jnp.float32):
     if report.missing:
         raise ModelLoadError(f"{folder}: {weights.name} lacks weights: {', '.join(report.missing[:5])}")
     swap_in_quantized(model, tensors)
+    method = info.get("method", WEIGHT_ONLY)
+    if method not in METHODS:
+        raise ModelLoadError(f"{folder}: config.json {MARKER}.method {method!r} is not one of {', '.join(METHODS)}")
+    set_activations(model, "dynamic" if method == DYNAMIC else "none")
     model.eval()
     return model
+
+
+def set_activations(model: nnx.Module, activations: str) -> int:
+    """Every QuantizedLinear of the model computes with `activations` ("dynamic" | "none"); returns how many."""
+    layers = [module for _, module in nnx.iter_graph(model) if isinstance(module, QuantizedLinear)]
+    for layer in layers:
+        layer.activations = activations
+    return len(layers)

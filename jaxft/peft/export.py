@@ -30,8 +30,9 @@ from jaxft.files import as_path, write_folder, write_json
 from jaxft.hub import portable_name
 from jaxft.models.heads import (BARE_ENCODER_PEFT_TASK_TYPE, HEADS, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION,
                                 TOKEN_CLASSIFICATION, TaskModel)
-from jaxft.models.hf import from_pretrained, hf_key, save_pretrained
+from jaxft.models.hf import from_hf_array, from_pretrained, hf_key, save_pretrained, to_hf_array
 from jaxft.models.paths import dotted, set_module
+from jaxft.models.rotary_encoder import from_hf_columns, fused_output_order, to_hf_columns
 from jaxft.peft.lora import LoraLinear, PeftParam, linear_modules, merge
 from jaxft.peft.methods import LORA_METHODS, PeftConfig, apply_peft, head_modules, peft_info
 
@@ -110,9 +111,12 @@ def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=N
         name = hf_module_name(model, path)
         targets.append(name)
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(_np(layer.lora_a[...]).T)
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(_np(layer.lora_b[...]).T)
+        order = fused_output_order(dotted(path), model.config)  # a fused projection's columns: HF's order
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(
+            to_hf_columns(_np(layer.lora_b[...]), order).T)
         if layer.dora:
-            tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = _np(layer.lora_magnitude[...])
+            tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = to_hf_columns(_np(layer.lora_magnitude[...]),
+                                                                                  order)
         ranks[layer.rank] += 1
         alphas[name] = (layer.rank, layer.alpha)
         rslora.add(layer.rslora)
@@ -126,9 +130,8 @@ def save_peft_adapter(model: nnx.Module, folder, *, base_model: str, tokenizer=N
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         name = dotted(path)
         if any(name.startswith(m + ".") for m in saved_modules):
-            key, transpose = hf_key(path, model.config)
-            array = _np(variable.get_value())
-            tensors[PEFT_PREFIX + key] = np.ascontiguousarray(array.T if transpose else array)
+            key, _ = hf_key(path, model.config)
+            tensors[PEFT_PREFIX + key] = to_hf_array(path, variable.get_value(), model.config)
             saved_hf.add(key.rsplit(".", 1)[0])
     config = {
         "peft_type": "LORA", "task_type": peft_task_type(model),
@@ -239,11 +242,12 @@ def load_peft_adapter(model: nnx.Module, folder, *, dropout: float | None = None
                          dropout=float(config.get("lora_dropout", 0.0)) if dropout is None else dropout,
                          rngs=nnx.Rngs(0))
         new.lora_a.set_value(jnp.asarray(parts["A"].T))
-        new.lora_b.set_value(jnp.asarray(parts["B"].T))
+        order = fused_output_order(dotted(path), model.config)
+        new.lora_b.set_value(jnp.asarray(from_hf_columns(parts["B"].T, order)))
         if new.dora:
             if "m" not in parts:
                 raise AdapterFormatError(f"{folder}: use_dora but {name} has no lora_magnitude_vector")
-            new.lora_magnitude.set_value(jnp.asarray(parts["m"]))
+            new.lora_magnitude.set_value(jnp.asarray(from_hf_columns(parts["m"], order)))
         set_module(model, path, new)
         wrapped.append(dotted(path))
     _load_other_keys(model, other, folder, prefix)
@@ -274,17 +278,17 @@ def _load_other_keys(model, other: dict, folder, prefix) -> None:
     table = {}
     for path, variable in nnx.to_flat_state(state):
         key, transpose = hf_key(path, model.config)
-        table[key] = (variable, transpose)
+        table[key] = (path, variable, transpose)
     for key, value in other.items():
         name = _align(key, set(table), prefix)
         if name is None:
             raise AdapterFormatError(f"{folder}: adapter weight {key} matches no parameter of this model")
-        variable, transpose = table[name]
+        path, variable, transpose = table[name]
         array = value.T if transpose else value
         if tuple(array.shape) != tuple(variable.get_value().shape):
             raise AdapterFormatError(f"{folder}: {key} has shape {value.shape}; this model's is "
                                      f"{tuple(variable.get_value().shape)} (a head with another number of labels?)")
-        variable.set_value(jnp.asarray(array, jnp.float32))
+        variable.set_value(jnp.asarray(from_hf_array(path, value, model.config), jnp.float32))
     nnx.update(model, state)
 
 

@@ -12,7 +12,7 @@ import importlib
 
 from jaxft.config import ConfigError, suggest
 
-NAMES = ("ner", "ner_lora", "sentiment", "qa", "mlm")
+NAMES = ("ner", "ner_lora", "sentiment", "qa", "mlm", "ner_distill", "sentiment_distill")
 
 
 def get(name: str):

@@ -43,6 +43,7 @@ from jaxft.data.ner_encoding import (AGGREGATIONS, CHAIN_WORD, OPEN_AFTER, OPEN_
 from jaxft.data.ner_readers import Sentence, read_conll, read_hf_dataset, read_sentences, sentences_to_bio
 from jaxft.data.readers import hf_data_files, packaged_tweets_ner_path, train_dev_test
 from jaxft.data.tags import bio_label_list, entity_types
+from jaxft.files import as_path, write_folder
 from jaxft.evaluate.ner_metrics import decode_entities, ner_metrics, word_char_offsets
 from jaxft.evaluate.reports import plot_training_curves, print_results_table
 from jaxft.models import ModelLoadError
@@ -308,8 +309,8 @@ class NerTask(TrainingTask):
     def export_info(self) -> dict:
         return {"crf": self.crf, "context_tokens": self.context_tokens}
 
-    def write_export_files(self, folder: Path) -> None:
-        path = Path(folder) / CRF_FILE
+    def write_export_files(self, folder) -> None:
+        path = as_path(folder) / CRF_FILE
         if self.crf_arrays is not None:
             write_crf_file(path, self.labels, self.crf_arrays)
         elif path.exists():  # left by an earlier CRF run in this workdir; jaxft_task.json now says crf: false
@@ -343,12 +344,14 @@ def truncation_summary(report: TruncationReport) -> str:
     return text
 
 
-def write_crf_file(path: Path, labels: Sequence[str], arrays: dict[str, np.ndarray]) -> None:
-    """The potentials as safetensors (float32), the labels in the metadata; written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({key: np.ascontiguousarray(arrays[key], np.float32) for key in ARRAY_KEYS}, str(tmp),
-              metadata={"format": "jaxft-crf", "labels": "\n".join(labels)})
-    tmp.replace(path)
+def write_crf_file(path, labels: Sequence[str], arrays: dict[str, np.ndarray]) -> None:
+    """The potentials as safetensors (float32), the labels in the metadata; written atomically (locally or to
+    a remote export folder: files.write_folder)."""
+    def write(tmp: Path) -> None:
+        save_file({key: np.ascontiguousarray(arrays[key], np.float32) for key in ARRAY_KEYS}, str(tmp / CRF_FILE),
+                  metadata={"format": "jaxft-crf", "labels": "\n".join(labels)})
+
+    write_folder(as_path(path).parent, write)
 
 
 def read_crf_file(folder: str | Path, labels: Sequence[str]) -> CRF:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxft import files, hub, runtime
+from jaxft import distill, files, hub, runtime
 from jaxft.config import validate, validate_workdir
 from jaxft.files import write_json
 from jaxft.models import from_pretrained, load_tokenizer
@@ -55,7 +55,8 @@ def train_and_evaluate(spec: TaskSpec, config, workdir, *, hooks: Hooks = NO_HOO
     reports are written to files.staging_dir(workdir) and uploaded."""
     staging = files.staging_dir(workdir)
     data = spec.prepare(config)  # data errors surface before the model is loaded
-    model_path = resolve_model_path(config.model.name_or_path)
+    distiller = distill.for_config(config, spec.name, staging)  # distill.teacher: the student's folder; else no-op
+    model_path = distiller.student_folder or resolve_model_path(config.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
     dtype, _, compute = runtime.describe_compute(config.model)
     log.info(compute)
@@ -65,7 +66,7 @@ def train_and_evaluate(spec: TaskSpec, config, workdir, *, hooks: Hooks = NO_HOO
         attention=config.model.attention, output_loading_info=True, **spec.model_options(config, data))
     model.name_or_path = hub.portable_name(config.model.name_or_path)  # the exports' config.json _name_or_path
     log.info(describe_attention(model.config, dtype, packed=config.data.packing))
-    task = spec.build(config, tokenizer, model, data)
+    task = distiller.wrap(spec.build(config, tokenizer, model, data), tokenizer)  # the teacher's soft targets
     if config.train.adversarial != "none":
         task.loss = adversarial_loss(task.loss, config.train)
         log.info("adversarial training: %s on the word embeddings (epsilon %g)", config.train.adversarial,
@@ -76,6 +77,7 @@ def train_and_evaluate(spec: TaskSpec, config, workdir, *, hooks: Hooks = NO_HOO
     if writer:
         write_json(workdir / "config.json", resolved)
     trainable = peft_run.setup(config, model)  # PEFT method / freezing, by config
+    trainable = distiller.attach(model, trainable, dtype)  # the frozen teacher rides in the model, not trained
     trainer = Trainer(config, workdir, model, task, trainable=trainable, is_writer=writer, hooks=hooks,
                       staging=staging)
     if config.train.wandb:
@@ -90,10 +92,11 @@ def train_and_evaluate(spec: TaskSpec, config, workdir, *, hooks: Hooks = NO_HOO
         return {"stopped_at_step": result.steps}
 
     dev, test = task.final_metrics(result.predict_batches)
+    result = distiller.detach(model, result)  # the export and the parameter counts are the student's
     trainer.metrics.write(result.steps, "test", test)
     exports = peft_run.export(config, model, task.before_export(model, result), workdir, model_path, tokenizer,
                               writer, on_file=hooks.after_export_file)
-    results = {**run_summary(config, result, load_report, dev, test, exports), **task.results()}
+    results = {**run_summary(config, result, load_report, dev, test, exports), **task.results(), **distiller.results()}
     trainer.close()
     if writer:
         info = {"task": spec.name, "max_length": config.data.max_length, **task.export_info()}

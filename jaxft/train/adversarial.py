@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxft.models.heads import word_embeddings
+
 
 def _embedding_variable(model: nnx.Module):
     backbone = model.backbone if hasattr(model, "backbone") else model
-    return backbone.embeddings.word_embeddings.embedding
+    return word_embeddings(backbone).embedding
 
 
 def _unit(g: jax.Array) -> jax.Array:

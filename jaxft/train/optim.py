@@ -50,15 +50,30 @@ def make_optimizer(optim, total_steps: int, params: dict) -> optax.GradientTrans
 
 # ---------------------------------------------------------------------------------------------- layer-wise LR decay
 
-_LAYER = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
+# "encoder.layer.N." (BERT-style), "transformer.layer.N." (DistilBERT), "layers.N." (the rotary families)
+_LAYER = re.compile(r"(?:^|\.)(?:(?:encoder|transformer)\.layer|layers)\.(\d+)\.")
+# The rotary families' embeddings not under ".embeddings" (EuroBERT), and the final norm after the last layer
+_ROTARY_EMBEDDINGS = re.compile(r"(?:^|\.)embed_tokens\.")
+_FINAL_NORM = re.compile(r"^(?:model\.)?(?:final_norm|norm)\.")
+# Relative-position tables every layer reads (DeBERTa's rel_embeddings and their LayerNorm, MPNet's bias):
+# they sit with the embeddings, at the bottom. DeBERTa-v2's convolution runs with the first layer.
+_SHARED_BY_LAYERS = re.compile(r"(?:^|\.)encoder\.(?:rel_embeddings|LayerNorm|relative_attention_bias)\.")
+_FIRST_LAYER_CONV = re.compile(r"(?:^|\.)encoder\.conv\.")
 
 
 def layer_depth(path: str, num_layers: int) -> int:
-    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for everything above (pooler, head)."""
+    """0 for the embeddings (and the relative-position tables), i + 1 for encoder layer i (DeBERTa's
+    convolution: 1), num_layers + 1 for everything above (pooler, head)."""
     match = _LAYER.search(path)
     if match:
         return int(match.group(1)) + 1
-    return 0 if ".embeddings" in f".{path}" else num_layers + 1
+    if _FIRST_LAYER_CONV.search(path):
+        return 1
+    if _ROTARY_EMBEDDINGS.search(path):
+        return 0
+    if _FINAL_NORM.search(path):
+        return num_layers
+    return 0 if ".embeddings" in f".{path}" or _SHARED_BY_LAYERS.search(path) else num_layers + 1
 
 
 def encoder_depth(params: dict) -> int:

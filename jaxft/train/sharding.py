@@ -68,6 +68,9 @@ def check_model_fits_mesh(config, mesh, rules: dict) -> None:
     wholes = (("heads", config.num_heads, "attention heads"),
               ("mlp", config.intermediate_size, "intermediate (MLP) columns"),
               ("vocab", config.vocab_size, "vocabulary rows"))
+    rotary = getattr(config, "rotary", None)
+    if rotary is not None and rotary.num_kv_heads != config.num_heads:  # grouped-query attention's k/v heads
+        wholes += (("heads", rotary.num_kv_heads, "key/value heads"),)
     for logical, size, what in wholes:
         axis = rules.get(logical)
         if axis is None or mesh.shape[axis] == 1 or size % mesh.shape[axis] == 0:

@@ -1,0 +1,24 @@
+r"""Sentiment distillation: a 3-layer student of the configs/sentiment.py export (all-MiniLM-L6-v2, 6 layers),
+trained on the teacher's soft targets plus the labels of the same packaged Rotten Tomatoes snippets.
+
+Commands (the teacher first; the student reads its export):
+    python -m jaxft.main --config configs/sentiment.py --workdir runs/sentiment
+    python -m jaxft.main --config configs/sentiment_distill.py --workdir runs/sentiment_student
+    # another teacher: --config.distill.teacher=DIR; other layers: --config.distill.layer_choice=first|spread|0,2,5
+
+The student starts from teacher layers 0, 2 and 4 (every_other) with the teacher's embeddings, pooler and
+head; the loss per review is 0.5 * T^2 KL(teacher_T || student_T) + 0.5 * cross-entropy to the label, T = 2
+(jaxft/distill.py). Data, split, optimizer and schedule are configs/sentiment.py's.
+"""
+
+from jaxft.recipes.sentiment import get_config as sentiment_config
+
+
+def get_config():
+    config = sentiment_config()
+    config.distill.teacher = "runs/sentiment/export"
+    config.distill.student_layers = 3
+    config.distill.layer_choice = "every_other"
+    config.distill.temperature = 2.0
+    config.distill.soft_weight = 0.5
+    return config
