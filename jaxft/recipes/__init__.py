@@ -12,7 +12,7 @@ import importlib
 
 from jaxft.config import ConfigError, suggest
 
-NAMES = ("ner", "ner_lora", "sentiment", "qa", "mlm", "ner_distill", "sentiment_distill")
+NAMES = ("ner", "ner_crf", "ner_lora", "sentiment", "qa", "mlm", "ner_distill", "sentiment_distill")
 
 
 def get(name: str):
