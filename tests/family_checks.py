@@ -74,8 +74,8 @@ def torch_outputs(model, task, ids, mask, types):
     return out.logits.numpy()
 
 
-def jax_outputs(model, task, ids, mask, types):
-    out = model(ids.astype(np.int32), mask.astype(np.int32), types.astype(np.int32))
+def jax_outputs(model, task, ids, mask, types, **kwargs):
+    out = model(ids.astype(np.int32), mask.astype(np.int32), types.astype(np.int32), **kwargs)
     if task == jm.QUESTION_ANSWERING:
         return np.stack([np.asarray(out[0]), np.asarray(out[1])])
     return np.asarray(out)

@@ -6,12 +6,13 @@ error) before `save_pretrained`. Tolerance: 1e-4 max abs on padded batches (floa
 (non-pad) positions of token outputs.
 """
 
-import inspect
 
 import numpy as np
 import pytest
 import torch
 import transformers
+
+from family_checks import jax_outputs, perturb, torch_outputs
 
 import jaxft.models as jm
 
@@ -37,13 +38,6 @@ TORCH_CLASSES = {
     jm.QUESTION_ANSWERING: transformers.AutoModelForQuestionAnswering,
 }
 TASK_LABELS = {None: None, jm.TOKEN_CLASSIFICATION: 5, jm.SEQUENCE_CLASSIFICATION: 3, jm.QUESTION_ANSWERING: 2}
-
-
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
 
 
 def torch_reference(family: str, task, folder, seed=0, **config_overrides):
@@ -73,26 +67,6 @@ def padded_batch(family: str, seed=0):
         if getattr(config, "type_vocab_size", 0) == 2:
             types[row, length // 2:length] = 1
     return ids, mask, types
-
-
-def torch_outputs(model, task, ids, mask, types):
-    kwargs = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
-    if "token_type_ids" in inspect.signature(model.forward).parameters:
-        kwargs["token_type_ids"] = torch.tensor(types)
-    with torch.no_grad():
-        out = model(**kwargs)
-    if task is None:
-        return out.last_hidden_state.numpy()
-    if task == jm.QUESTION_ANSWERING:
-        return np.stack([out.start_logits.numpy(), out.end_logits.numpy()])
-    return out.logits.numpy()
-
-
-def jax_outputs(model, task, ids, mask, types):
-    out = model(ids.astype(np.int32), mask.astype(np.int32), types.astype(np.int32))
-    if task == jm.QUESTION_ANSWERING:
-        return np.stack([np.asarray(out[0]), np.asarray(out[1])])
-    return np.asarray(out)
 
 
 def assert_parity(ours, theirs, task, mask):

@@ -22,6 +22,8 @@ import torch
 import transformers
 from flax import nnx
 
+from family_checks import jax_outputs, perturb
+
 import jaxft.models as jm
 from jaxft.models.blocks import fused_order
 from jaxft.models.config import EncoderConfig, UnsupportedModelError, with_dropout
@@ -66,13 +68,6 @@ def family_tasks(variant):
 CASES = [(variant, task) for variant in CONFIGS for task in family_tasks(variant)]
 
 
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-
-
 def torch_reference(variant, task, folder, seed=0, **overrides):
     config = CONFIGS[variant]()
     for key, value in overrides.items():
@@ -108,13 +103,6 @@ def torch_outputs(model, task, ids, mask, types):
     if task == jm.QUESTION_ANSWERING:
         return np.stack([out.start_logits.numpy(), out.end_logits.numpy()])
     return out.logits.numpy()
-
-
-def jax_outputs(model, task, ids, mask, types, **kwargs):
-    out = model(ids.astype(np.int32), mask.astype(np.int32), types.astype(np.int32), **kwargs)
-    if task == jm.QUESTION_ANSWERING:
-        return np.stack([np.asarray(out[0]), np.asarray(out[1])])
-    return np.asarray(out)
 
 
 def real_positions(task, mask):
