@@ -307,6 +307,16 @@ def test_fingerprint_keys():
     differences = fingerprint_differences(saved, run_fingerprint(config, OtherLabels))
     assert [d.split(" ")[0] for d in differences] == ["labels", "peft.method", "task"]
 
+    long_path = "/tmp/" + "deeply/nested/" * 12 + "model"          # paths are shown whole, however long
+    config.model.name_or_path = long_path
+
+    class ManyLabels(Task):
+        labels = ["O"] + [f"B-TYPE{i}" for i in range(40)]
+
+    differences = dict(d.split(" ", 1) for d in fingerprint_differences(saved, run_fingerprint(config, ManyLabels)))
+    assert repr(long_path) in differences["model.name_or_path"]
+    assert differences["labels"].endswith("... now)") and len(differences["labels"]) < 300
+
 
 # ---------------------------------------------------------------------------------------------- disk full
 

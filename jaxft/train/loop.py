@@ -135,10 +135,12 @@ def run_fingerprint(config, task) -> dict:
 
 
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
-    """Keys present in both with different values (a key only one side knows is a newer/older jaxft)."""
+    """Keys present in both with different values (a key only one side knows is a newer/older jaxft).
+    Strings (paths, names) are shown whole so the user can tell which folder differs; long lists (labels)
+    are cut at 120 characters."""
     def short(value):
         text = repr(value)
-        return text if len(text) <= 80 else text[:77] + "..."
+        return text if isinstance(value, str) or len(text) <= 120 else text[:117] + "..."
 
     return [f"{key} ({short(saved[key])} there, {short(current[key])} now)"
             for key in sorted(saved) if key in current and saved[key] != current[key]]
