@@ -67,7 +67,9 @@ def ner_evaluator(predictor, limit: int | None = None):
     config = recipe("ner")
     splits = read_splits(config.data)
     splits.test = splits.test[:limit]
-    task = NerTask(predictor.tokenizer, splits, predictor.labels, config.data.max_length)
+    # windows as long as the export predicts (its max_length), with its CRF and document context
+    task = NerTask(predictor.tokenizer, splits, predictor.labels, predictor.max_length, crf=predictor.crf,
+                   context_tokens=predictor.context_tokens)
     return lambda p: task.evaluate("test", p.run_rows)["f1"], "f1", len(splits.test)
 
 

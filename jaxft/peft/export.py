@@ -259,9 +259,10 @@ def load_peft_adapter(model: nnx.Module, folder, *, dropout: float | None = None
     return model
 
 
-def _hf_param_table(model) -> dict[str, tuple[tuple, nnx.Variable, bool]]:
+def _hf_param_table(model, state=None) -> dict[str, tuple[tuple, nnx.Variable, bool]]:
+    """HF checkpoint key -> (NNX path, its variable in `state` (default: the model's Params), transposed)."""
     table = {}
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    for path, variable in nnx.to_flat_state(state if state is not None else nnx.state(model, nnx.Param)):
         key, transpose = hf_key(path, model.config)
         table[key] = (path, variable, transpose)
     return table
@@ -275,20 +276,17 @@ def _paths_for_keys(model, keys) -> list[str]:
 
 def _load_other_keys(model, other: dict, folder, prefix) -> None:
     state = nnx.state(model, nnx.Param)
-    table = {}
-    for path, variable in nnx.to_flat_state(state):
-        key, transpose = hf_key(path, model.config)
-        table[key] = (path, variable, transpose)
+    table = _hf_param_table(model, state)
     for key, value in other.items():
         name = _align(key, set(table), prefix)
         if name is None:
             raise AdapterFormatError(f"{folder}: adapter weight {key} matches no parameter of this model")
-        path, variable, transpose = table[name]
-        array = value.T if transpose else value
+        path, variable, _ = table[name]
+        array = jnp.asarray(from_hf_array(path, value, model.config), jnp.float32)  # HF layout -> this model's
         if tuple(array.shape) != tuple(variable.get_value().shape):
             raise AdapterFormatError(f"{folder}: {key} has shape {value.shape}; this model's is "
                                      f"{tuple(variable.get_value().shape)} (a head with another number of labels?)")
-        variable.set_value(jnp.asarray(from_hf_array(path, value, model.config), jnp.float32))
+        variable.set_value(array)
     nnx.update(model, state)
 
 
