@@ -95,8 +95,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                  "(the start-up log says what and why)", ("auto", "xla", "cudnn", "pallas")),
         "hidden_dropout": _optional(float, "dropout on hidden states; None: the checkpoint's config.json",
                                     resume=True),
-        "attention_dropout": _optional(float, "dropout on attention probabilities; None: the checkpoint's "
-                                              "(0.0 lets training use fused attention kernels)", resume=True),
+        "attention_dropout": _optional(float, "dropout on attention probabilities; None: 0.0 on GPU/TPU (the "
+                                              "fused kernels take none), the checkpoint's on CPU", resume=True),
     },
     "data": {
         "train_file": Key(PACKAGED_TWEETS_NER, "training file; '' with data.hf_dataset", resume=True),

@@ -87,3 +87,13 @@ def test_other_dtypes_are_refused(name):
     config.model.dtype = name
     with pytest.raises(ConfigError, match="config key 'model.dtype' must be one of auto, float32, bfloat16"):
         validate(config)
+
+
+def test_attention_dropout_none_is_off_on_accelerators_and_the_checkpoints_on_cpu():
+    assert runtime.attention_dropout(None, "cpu") == (None, None)       # the checkpoint's rate (0.1 for MiniLM)
+    for backend in ("gpu", "tpu"):
+        rate, line = runtime.attention_dropout(None, backend)
+        assert rate == 0.0 and line.startswith(f"attention dropout 0.0 on {backend}")
+        assert runtime.attention_dropout(0.1, backend) == (0.1, None)  # an explicit rate is kept everywhere
+    assert runtime.attention_dropout(0.05, "cpu") == (0.05, None)
+    assert runtime.attention_dropout(None) == (None, None)              # this machine's backend: cpu

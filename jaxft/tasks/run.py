@@ -60,9 +60,12 @@ def train_and_evaluate(spec: TaskSpec, config, workdir, *, hooks: Hooks = NO_HOO
     tokenizer = load_tokenizer(model_path)
     dtype, _, compute = runtime.describe_compute(config.model)
     log.info(compute)
+    attention_dropout, why = runtime.attention_dropout(config.model.attention_dropout)
+    if why:
+        log.info(why)
     model, load_report = from_pretrained(
         model_path, task=spec.name, dtype=dtype, seed=config.train.seed, remat=config.model.remat,
-        hidden_dropout=config.model.hidden_dropout, attention_dropout=config.model.attention_dropout,
+        hidden_dropout=config.model.hidden_dropout, attention_dropout=attention_dropout,
         attention=config.model.attention, output_loading_info=True, **spec.model_options(config, data))
     model.name_or_path = hub.portable_name(config.model.name_or_path)  # the exports' config.json _name_or_path
     log.info(describe_attention(model.config, dtype, packed=config.data.packing))
