@@ -9,6 +9,12 @@ Commands (the teacher first; the student reads its export):
 The student starts from teacher layers 0, 2 and 4 (every_other) with the teacher's embeddings, pooler and
 head; the loss per review is 0.5 * T^2 KL(teacher_T || student_T) + 0.5 * cross-entropy to the label, T = 2
 (jaxft/distill.py). Data, split, optimizer and schedule are configs/sentiment.py's.
+
+Measured (idle 2-core CPU, teacher = configs/sentiment.py seed 0: test accuracy 0.8314, dev 0.8371):
+    student test accuracy 0.8283 (-0.003), dev 0.8282; 3 layers, 17.4M parameters (teacher 22.7M), 69.6 MB;
+    `python benchmarks/distill.py --sentiment runs/sentiment/export runs/sentiment_student/export`: predict on
+    the test split 307 against 168 reviews/s (1.82x), [32, 64] predict step 160 against 319 ms.
+    layer_choice first (0, 1, 2): test accuracy 0.8101, dev 0.8136, so every_other stays (chosen by dev).
 """
 
 from jaxft.recipes.sentiment import get_config as sentiment_config
