@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import jax
 import optax
 
 NO_DECAY_LEAVES = ("bias", "scale")  # biases and LayerNorm (incl. the embeddings' LayerNorm) scales
@@ -44,8 +45,21 @@ def make_optimizer(optim, total_steps: int, params: dict) -> optax.GradientTrans
     if any(f != 1.0 for f in factors.values()):
         adamw = optax.chain(adamw, scale_updates(factors))
     if optim.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
+        return optax.chain(clip_by_global_norm(optim.clip_norm), adamw)
     return adamw
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """optax.clip_by_global_norm's rule; `tx.update(..., grad_norm=norm)` passes a norm the step already
+    computed (its non-finite check needs one), which saves a second pass over every gradient."""
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+        within = norm < max_norm
+        return jax.tree.map(lambda g: jax.lax.select(within, g, (g / norm.astype(g.dtype)) * max_norm),
+                            updates), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
 # ---------------------------------------------------------------------------------------------- layer-wise LR decay
