@@ -31,6 +31,8 @@ Point it elsewhere with flags (no code changes), e.g. a CSV with columns sentenc
   imbalance:      --config.classification.class_weights=balanced
   a hub dataset:  --config.data.train_file= --config.data.hf_dataset=imdb
   another model:  --config.model.name_or_path=path/or/hub-id
+                  (the real all-mpnet-base-v2 weights, seed 0: test accuracy 0.889, dev 0.900, 2,630 s of training
+                  against MiniLM's 495 s on the same idle machine; README "Model families")
 """
 
 from jaxft.config import PACKAGED_ROTTEN_TOMATOES, base_config
