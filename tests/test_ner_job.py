@@ -175,3 +175,37 @@ def test_predict_reads_conll_tokens(uninterrupted, tmp_path):
     for output in outputs:
         for entity in output["entities"]:
             assert output["text"][entity["start"]:entity["end"]] == entity["text"]
+
+
+class _SlowEvaluationClock:
+    """perf_counter for jaxft.train.loop that jumps an hour at every evaluation batch, as if evaluating were
+    very slow: the run's train_seconds must not see the jumps."""
+    HOUR = 3600.0
+
+    def __init__(self):
+        self.jumped = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.jumped
+
+    def after_eval_batch(self) -> None:
+        self.jumped += self.HOUR
+
+
+def test_train_seconds_exclude_evaluation(monkeypatch, tiny_bert, small_ner_file, tmp_path):
+    from jaxft.main import main
+    from jaxft.train import loop
+    from jaxft.train.hooks import Hooks
+
+    clock = _SlowEvaluationClock()
+
+    class JumpAtEvaluation(Hooks):
+        def after_eval_batch(self) -> None:
+            clock.after_eval_batch()
+
+    monkeypatch.setattr(loop, "time", clock)
+    args = train_command(tmp_path, tiny_bert, small_ner_file)[2:]  # drop the interpreter and -m
+    assert main(["jaxft", *args[1:]], hooks=JumpAtEvaluation()) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert clock.jumped >= 3 * clock.HOUR  # three dev evaluations (one per epoch) ran inside the loop
+    assert 0.0 < results["train_seconds"] < clock.HOUR, results["train_seconds"]

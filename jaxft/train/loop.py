@@ -374,17 +374,17 @@ class Trainer:
                     stop = False
                     if evaluated or self._checkpoint_due(step):
                         self.loop.position = position
-                        self.loop.train_seconds += time.perf_counter() - started
-                        started = time.perf_counter()
+                        self.loop.train_seconds += self._seconds_since(started)
                         stop = self._evaluate_and_checkpoint(step, evaluate=evaluated)
+                        started = time.perf_counter()
                     if self._preempted(step):
                         self.loop.position = position
-                        self.loop.train_seconds += time.perf_counter() - started
+                        self.loop.train_seconds += self._seconds_since(started)
                         self._save_and_exit_preempted(step)
                     if stop or step >= self.total_steps or self._stopping_here(step):
                         break
         self.loop.position = position
-        self.loop.train_seconds += time.perf_counter() - started
+        self.loop.train_seconds += self._seconds_since(started)
         if pending.count and not self._stopping_here(step):  # else the checkpoint carries them to the next run
             self._log_train(step, pending, started, progress)
         self._check_finite(step)
@@ -397,6 +397,12 @@ class Trainer:
             self._evaluate_and_checkpoint(step, evaluate=True, save=self.checkpoints.latest_step() != step)
         self.checkpoints.wait()
         return self._result(step)
+
+    def _seconds_since(self, started: float) -> float:
+        """Training time since `started`, counted once the dispatched steps have run: steps still in flight
+        when an evaluation starts are training, not evaluation."""
+        jax.block_until_ready(self.state)
+        return time.perf_counter() - started
 
     def _preempted(self, step: int) -> bool:
         """Whether this step is where the run stops for a preemption notice (every process asks at every
