@@ -17,6 +17,7 @@ import pytest
 
 from jaxft.models.attention import (IMPLEMENTATIONS, _dot_product_attention, _triton_attention,
                                     _zero_padding_queries, attention, choose)
+from jaxft.models.dropout import keep_mask
 
 BATCH, LENGTH, HEAD_DIM = 2, 24, 8
 SCALE = HEAD_DIM ** -0.5
@@ -328,7 +329,7 @@ def test_dropout_is_deterministic_for_a_fixed_rng_and_matches_numpy():
     np.testing.assert_array_equal(first, second)
     assert not np.allclose(first, _with_dropout(q, k, v, rate, jax.random.key(8)))
 
-    keep = np.asarray(jax.random.bernoulli(key, 1 - rate, (BATCH, 4, LENGTH, LENGTH)))
+    keep = np.asarray(keep_mask(key, rate, (BATCH, 4, LENGTH, LENGTH)))
     probs = np.where(keep, numpy_probabilities(q, k, PACKED) / (1 - rate), 0.0)
     np.testing.assert_allclose(first, np.einsum("bnts,bsnh->btnh", probs, _expand_heads(v, 4)), **PARITY)
 

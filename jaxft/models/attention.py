@@ -17,8 +17,8 @@ Conventions
   and that sum accumulates in float32.
 - implementation: "auto" is accepted too and resolved by choose() for jax.default_backend().
 - Dropout on the probabilities runs when dropout_rate > 0 and dropout_rng is given (keep with probability
-  1 - rate, scale kept ones by 1 / (1 - rate); the mask is drawn with shape [B, N, T, T], the order
-  nnx.Dropout would draw for probabilities of that shape).
+  1 - rate, scale kept ones by 1 / (1 - rate); the mask is jaxft.models.dropout.keep_mask of shape
+  [B, N, T, T], the mask jaxft's Dropout module would draw for probabilities of that shape).
 
 Implementations
 - "xla": einsum + mask + float32 softmax + einsum. Takes everything: GQA, windows, bias, dropout. The mask
@@ -50,6 +50,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxft.models.dropout import drop, keep_mask
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 
@@ -96,8 +98,7 @@ def masked_attention(q, k, v, allowed, *, bias=None, dropout_rate: float = 0.0, 
         scores = scores + jnp.asarray(bias, jnp.float32)
     probs = jax.nn.softmax(jnp.where(allowed, scores, _MASKED_SCORE), axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = drop(probs, dropout_rate, dropout_rng)
     context = jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return context.astype(q.dtype)
 
@@ -270,8 +271,7 @@ def _grouped_bias(bias, kv_heads, groups):
 
 def _drop_probabilities(probs, rate, rng):
     batch, kv_heads, groups, queries, keys = probs.shape
-    keep = jax.random.bernoulli(rng, 1.0 - rate, (batch, kv_heads * groups, queries, keys))
-    keep = keep.reshape(probs.shape)
+    keep = keep_mask(rng, rate, (batch, kv_heads * groups, queries, keys)).reshape(probs.shape)
     return jnp.where(keep, probs / (1.0 - rate), 0.0)
 
 

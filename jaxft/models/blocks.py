@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxft.models.activations import activation
+from jaxft.models.dropout import Dropout
 
 INIT_STD = 0.02
 
@@ -127,7 +128,7 @@ class GatedMLP(nnx.Module):
         for name in inputs:
             setattr(self, name, linear(hidden, width, ("embed", "mlp"), bias=in_bias, dtype=dtype, rngs=rngs))
         setattr(self, output, linear(intermediate, hidden, ("mlp", "embed"), bias=out_bias, dtype=dtype, rngs=rngs))
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = Dropout(dropout, rngs=rngs)
 
     @property
     def fused(self) -> bool:

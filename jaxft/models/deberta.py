@@ -30,6 +30,7 @@ from flax import nnx
 from jaxft.models.activations import activation
 from jaxft.models.attention import attention
 from jaxft.models.config import EncoderConfig
+from jaxft.models.dropout import Dropout
 from jaxft.models.encoder import (INIT_STD, REMAT_POLICIES, DenseResidualNorm, Intermediate, Rows, default_position_ids,
                                   dense, embed, layer_norm, rows_of)
 from jaxft.models.relative_positions import deberta_buckets, distance_table, pair_buckets
@@ -83,7 +84,7 @@ class DebertaV2Embeddings(nnx.Module):
         if width != hidden:
             self.embed_proj = _unbiased_dense(width, hidden, (None, "embed"), dtype=dtype, rngs=rngs)
         self.LayerNorm = layer_norm(hidden, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+        self.dropout = Dropout(config.hidden_dropout, rngs=rngs)
 
     def __call__(self, input_ids, position_ids, token_type_ids, inputs_embeds, rows: Rows):
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -109,12 +110,12 @@ class DisentangledSelfAttention(nnx.Module):
         self.key_proj = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.value_proj = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
         if settings.relative_attention:
-            self.pos_dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+            self.pos_dropout = Dropout(config.hidden_dropout, rngs=rngs)
             if not settings.share_att_key and "c2p" in settings.pos_att_type:
                 self.pos_key_proj = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
             if not settings.share_att_key and "p2c" in settings.pos_att_type:
                 self.pos_query_proj = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.attention_dropout, rngs=rngs)
+        self.dropout = Dropout(config.attention_dropout, rngs=rngs)
 
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.num_heads, -1)
@@ -207,7 +208,7 @@ class ConvLayer(nnx.Module):
     def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
         self.conv = SegmentConv(config.hidden_size, config.deberta.conv_kernel_size, dtype=dtype, rngs=rngs)
         self.LayerNorm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+        self.dropout = Dropout(config.hidden_dropout, rngs=rngs)
         self.conv_act = config.deberta.conv_act
 
     def __call__(self, layer_input, layer_output, rows: Rows):

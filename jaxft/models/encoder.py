@@ -19,6 +19,7 @@ from jaxft.models.activations import activation
 from jaxft.models.attention import attention, choose
 from jaxft.config import REMAT_POLICIES as REMAT_CHOICES
 from jaxft.models.config import EncoderConfig
+from jaxft.models.dropout import Dropout
 
 INIT_STD = 0.02  # Hugging Face's initializer_range for every family here
 
@@ -109,7 +110,7 @@ class Embeddings(nnx.Module):
             self.token_type_embeddings = embed(config.type_vocab_size, width, (None, "embed"),
                                                dtype=dtype, rngs=rngs)
         self.LayerNorm = layer_norm(width, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+        self.dropout = Dropout(config.hidden_dropout, rngs=rngs)
 
     def __call__(self, input_ids, position_ids, token_type_ids, inputs_embeds=None):
         words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -127,7 +128,7 @@ class SelfAttention(nnx.Module):
         self.query = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.key = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.value = dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.attention_dropout, rngs=rngs)
+        self.dropout = Dropout(config.attention_dropout, rngs=rngs)
 
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.num_heads, -1)
@@ -153,7 +154,7 @@ class DenseResidualNorm(nnx.Module):
     def __init__(self, in_features: int, config: EncoderConfig, axes: tuple, *, dtype, rngs: nnx.Rngs):
         self.dense = dense(in_features, config.hidden_size, axes, dtype=dtype, rngs=rngs)
         self.LayerNorm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+        self.dropout = Dropout(config.hidden_dropout, rngs=rngs)
 
     def __call__(self, x, residual):
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)

@@ -20,6 +20,7 @@ from jaxft.models.activations import activation
 from jaxft.models.blocks import PredictionHead, linear, masked_mean, norm, pool
 from jaxft.models.config import FAMILIES, EncoderConfig
 from jaxft.models.deberta import DebertaV2Encoder
+from jaxft.models.dropout import Dropout
 from jaxft.models.encoder import Encoder, dense
 from jaxft.models.mpnet import MPNetEncoder
 from jaxft.models.paths import get_module, place, split_dotted
@@ -88,7 +89,7 @@ class ForTokenClassification(TaskModel):
                  remat: str = "none", rngs: nnx.Rngs):
         self._init_backbone(config, labels, hf_config_json, False, dtype, rngs, remat)
         self._init_prediction_head(config, dtype, rngs)
-        self.dropout = nnx.Dropout(config.classifier_dropout, rngs=rngs)
+        self.dropout = Dropout(config.classifier_dropout, rngs=rngs)
         self.classifier = dense(config.hidden_size, len(labels), ("embed", None), dtype=dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
@@ -103,7 +104,7 @@ class ClassificationHead(nnx.Module):
     def __init__(self, config: EncoderConfig, num_labels: int, act: str, *, dtype, rngs: nnx.Rngs):
         self.dense = dense(config.hidden_size, config.hidden_size, ("embed", None), dtype=dtype, rngs=rngs)
         self.out_proj = dense(config.hidden_size, num_labels, (None, None), dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.sequence_dropout, rngs=rngs)
+        self.dropout = Dropout(config.sequence_dropout, rngs=rngs)
         self.act = act
 
     def __call__(self, hidden):
@@ -117,7 +118,7 @@ class ContextPooler(nnx.Module):
 
     def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
         self.dense = dense(config.hidden_size, config.hidden_size, ("embed", None), dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.deberta.pooler_dropout, rngs=rngs)
+        self.dropout = Dropout(config.deberta.pooler_dropout, rngs=rngs)
         self.act = config.deberta.pooler_hidden_act
 
     def __call__(self, hidden):
@@ -148,7 +149,7 @@ class ForSequenceClassification(TaskModel):
             self._init_prediction_head(config, dtype, rngs)
         if self.head_kind == "pooled_dense_gelu":  # EuroBERT: pool (bos | mean | late), dense, GELU, classifier
             self.dense = dense(hidden, hidden, ("embed", None), dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.sequence_dropout, rngs=rngs)
+        self.dropout = Dropout(config.sequence_dropout, rngs=rngs)
         self.classifier = dense(hidden, num_labels, (None, None), dtype=dtype, rngs=rngs)
 
     def pooled(self, hidden, attention_mask=None):
@@ -184,7 +185,7 @@ class ForQuestionAnswering(TaskModel):
                  dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         self._init_backbone(config, labels, hf_config_json, False, dtype, rngs, remat)
         self._init_prediction_head(config, dtype, rngs)
-        self.dropout = nnx.Dropout(config.qa_dropout, rngs=rngs)
+        self.dropout = Dropout(config.qa_dropout, rngs=rngs)
         self.span_head = config.family.qa_head  # "qa_outputs"; ModernBERT "classifier"
         setattr(self, self.span_head, dense(config.hidden_size, 2, ("embed", None), dtype=dtype, rngs=rngs))
 

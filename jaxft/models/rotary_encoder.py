@@ -23,6 +23,7 @@ from jaxft.models.attention import attention
 from jaxft.models.blocks import (GatedMLP, apply_rotary, embed, fused_order, linear, norm, rotary_tables,
                                  split_fused)
 from jaxft.models.config import EncoderConfig
+from jaxft.models.dropout import Dropout
 from jaxft.models.encoder import REMAT_POLICIES, Pooler, Rows, default_position_ids, rows_of
 from jaxft.models.paths import get_module, place, split_dotted
 
@@ -54,8 +55,8 @@ class RotaryAttention(nnx.Module):
                                        rngs=rngs))
         setattr(self, self.output_name, linear(self.num_heads * self.head_dim, hidden, ("heads", "embed"), bias=bias,
                                                dtype=dtype, rngs=rngs))
-        self.dropout = nnx.Dropout(config.attention_dropout, rngs=rngs)
-        self.output_dropout = nnx.Dropout(settings.attention_output_dropout, rngs=rngs)
+        self.dropout = Dropout(config.attention_dropout, rngs=rngs)
+        self.output_dropout = Dropout(settings.attention_output_dropout, rngs=rngs)
 
     def project(self, x):
         """q [B, T, N, H], k and v [B, T, K, H] (before rotation)."""
@@ -98,7 +99,7 @@ class RotaryLayer(nnx.Module):
         setattr(self, layout.mlp, GatedMLP(hidden, config.intermediate_size, config.hidden_act, layout.mlp_names,
                                            in_bias=settings.mlp_in_bias, out_bias=settings.mlp_out_bias,
                                            dropout=settings.mlp_dropout, dtype=dtype, rngs=rngs))
-        self.mlp_output_dropout = nnx.Dropout(settings.mlp_output_dropout, rngs=rngs)
+        self.mlp_output_dropout = Dropout(settings.mlp_output_dropout, rngs=rngs)
 
     def _norm(self, name, x):
         return getattr(self, name)(x)
@@ -141,7 +142,7 @@ class RotaryEncoder(nnx.Module):
                                                             dtype=dtype, rngs=rngs))
         if layout.embedding_norm:
             place(self, layout.embedding_norm, layer_norm_kind(config, hidden, dtype=dtype, rngs=rngs))
-        self.embedding_dropout = nnx.Dropout(config.rotary.embedding_dropout, rngs=rngs)
+        self.embedding_dropout = Dropout(config.rotary.embedding_dropout, rngs=rngs)
         setattr(self, layout.layers, nnx.List([RotaryLayer(config, i, dtype=dtype, rngs=rngs)
                                                for i in range(config.num_layers)]))
         if layout.final_norm:

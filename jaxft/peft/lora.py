@@ -28,6 +28,7 @@ from flax import nnx
 
 from jaxft.config import ADAPTER_ACTIVATIONS
 from jaxft.models.activations import activation
+from jaxft.models.dropout import Dropout
 from jaxft.models.paths import dotted, set_module
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -123,7 +124,7 @@ class LoraLinear(WrappedLinear):
         a = jax.random.uniform(rngs.params(), (self.in_features, self.rank), jnp.float32, -bound, bound)
         self.lora_a = peft_param(a, (in_axis, None))
         self.lora_b = peft_param(jnp.zeros((self.rank, self.out_features), jnp.float32), (None, out_axis))
-        self.lora_dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.lora_dropout = Dropout(dropout, rngs=rngs)
         if self.dora:
             self.lora_magnitude = peft_param(self._column_norm(self.lora_a[...], self.lora_b[...]), (out_axis,))
 

@@ -19,7 +19,9 @@ x 128 tokens (460,462 real tokens, 297 tokens/s; train and predict steps compile
 2-core CPU while it was shared with other jobs (load average 10-12; this run got about a third of a core).
 On an idle machine, at the 1,857 tokens/s the NER default reaches there, this would be about 4 minutes.
 
-Expected result (measured once, `--workdir runs/mlm_measure --config.train.progress_bar=False`, nice -n 5):
+Expected result (measured once, `--workdir runs/mlm_measure --config.train.progress_bar=False`, nice -n 5)
+(measured before 2026-12-04, when jaxft's dropout drew jax.random.bernoulli masks; its own masks,
+jaxft/models/dropout.py, are a different random stream, so a rerun gives other figures):
     held-out perplexity (448 lines, 1,692 masked tokens, fixed masks): 31,405 before -> 577 after epoch 1
     -> 393 after epoch 2 (the export). The "before" value is that of a fresh head (log 30,522 = 10.33 nats is
     a uniform guess; we start at 10.35), so it measures the head more than the encoder; 393 is still far from

@@ -5,7 +5,9 @@ crf_lr_ratio 100 times faster than the encoder).
 Command:
     python -m jaxft.main --config configs/ner_crf.py --workdir runs/ner_crf
 
-Measured (dev / test entity F1; F1 is deterministic for a seed):
+Measured (dev / test entity F1; F1 is deterministic for a seed)
+(measured before 2026-12-04, when jaxft's dropout drew jax.random.bernoulli masks; its own masks,
+jaxft/models/dropout.py, are a different random stream, so a rerun gives other figures):
     | head | seeds | dev / test F1 per seed | dev F1 mean ± sd | test F1 mean ± sd |
     |---|---|---|---|---|
     | softmax (configs/ner.py) | 0, 1, 2 | 0.4625 / 0.4398, 0.4612 / 0.4192, 0.4847 / 0.4289 | 0.4695 ± 0.0132 | 0.4293 ± 0.0103 |

@@ -11,7 +11,9 @@ loss per trained sub-token is 0.5 * T^2 KL(teacher_T || student_T) + 0.5 * cross
 (jaxft/distill.py). Data, split, optimizer and schedule are configs/ner.py's.
 
 Measured (idle 2-core CPU, teacher = configs/ner.py seed 0: test F1 0.4398, dev 0.4625; 3 layers, 17.3M
-parameters against 22.6M, 69.0 MB; chosen by dev F1):
+parameters against 22.6M, 69.0 MB; chosen by dev F1)
+(measured before 2026-12-04, when jaxft's dropout drew jax.random.bernoulli masks; its own masks,
+jaxft/models/dropout.py, are a different random stream, so a rerun gives other figures):
     layer_choice first (0, 1, 2; the default here): test F1 0.4425 (+0.003), dev 0.4599
     layer_choice every_other (0, 2, 4):             test F1 0.4307 (-0.009), dev 0.4355
     `python benchmarks/distill.py --ner runs/ner/export runs/ner_student/export`: predict on the test split

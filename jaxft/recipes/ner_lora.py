@@ -8,7 +8,9 @@ Command:
 Runtime: 795 steps; 355 s of training for seed 4, which had the 2-core CPU nearly to itself (658 s when two
 seeds shared it). The train step at 32 x 128 takes 1.69 s against full fine-tuning's 1.85 s.
 
-Expected (benchmarks/peft_methods.py --methods full,lora --seeds 0,1,2,3,4; full fine-tuning in the same run):
+Expected (benchmarks/peft_methods.py --methods full,lora --seeds 0,1,2,3,4; full fine-tuning in the same run)
+(measured before 2026-12-04, when jaxft's dropout drew jax.random.bernoulli masks; its own masks,
+jaxft/models/dropout.py, are a different random stream, so a rerun gives other figures):
     LoRA (this recipe)          test F1 0.443 / 0.452 / 0.467 / 0.435 / 0.440   mean of seeds 0-2 0.454, of 5 0.447
                                 dev  F1 0.500 / 0.489 / 0.514 / 0.502 / 0.517   mean of 5 0.505
     full fine-tuning (ner.py)   test F1 0.440 / 0.419 / 0.429 / 0.424 / 0.426   mean of seeds 0-2 0.429, of 5 0.428

@@ -10,7 +10,9 @@ The student starts from teacher layers 0, 2 and 4 (every_other) with the teacher
 head; the loss per review is 0.5 * T^2 KL(teacher_T || student_T) + 0.5 * cross-entropy to the label, T = 2
 (jaxft/distill.py). Data, split, optimizer and schedule are configs/sentiment.py's.
 
-Measured (idle 2-core CPU, teacher = configs/sentiment.py seed 0: test accuracy 0.8314, dev 0.8371):
+Measured (idle 2-core CPU, teacher = configs/sentiment.py seed 0: test accuracy 0.8314, dev 0.8371)
+(measured before 2026-12-04, when jaxft's dropout drew jax.random.bernoulli masks; its own masks,
+jaxft/models/dropout.py, are a different random stream, so a rerun gives other figures):
     student test accuracy 0.8283 (-0.003), dev 0.8282; 3 layers, 17.4M parameters (teacher 22.7M), 69.6 MB;
     `python benchmarks/distill.py --sentiment runs/sentiment/export runs/sentiment_student/export`: predict on
     the test split 307 against 168 reviews/s (1.82x), [32, 64] predict step 160 against 319 ms.
