@@ -8,12 +8,15 @@ fresh / rotten from the `category` column, text from `text`), in file order: fir
 next 15% dev (1,921), rest test (1,922). The best checkpoint by dev accuracy is tested and exported.
 Metrics: accuracy, macro/micro F1, per-class report; confusion_matrix.png in the workdir.
 
-Expected (AdamW lr 5e-5, batch 32, 3 epochs, best epoch by dev accuracy; idle 2-core CPU):
+Expected (AdamW lr 5e-5, batch 32, 3 epochs, best epoch by dev accuracy; idle 2-core CPU, the first machine
+of README "Measured"; measured before 2026-12-04, when jaxft's dropout drew jax.random.bernoulli masks: its
+own masks, jaxft/models/dropout.py, are a different random stream, so a rerun gives other figures):
     seed 0: dev accuracy 0.837 (epochs 1-3: 0.817, 0.830, 0.837), test accuracy 0.831, macro F1 0.829
     seeds 1 / 2 (--config.train.seed=1 / 2): dev 0.837 / 0.832, test 0.828 / 0.825 (macro F1 0.825 / 0.822)
     mean of seeds 0-2: dev 0.835, test 0.828 (macro F1 0.825)
     379-391 s of training (843 steps, about 1,900 real tokens/s), about 7 minutes wall in all; the train step
-    compiles 5 times (length buckets), predict 4 times. Reruns, idle or loaded, give the same accuracies.
+    compiles 5 times (length buckets), predict 4 times. Reruns of the same code, idle or loaded, give the same
+    accuracies.
 PyTorch transformers 5.24 Trainer, measured in the same run (benchmarks/sentiment_vs_pytorch.py --seeds 0,1,2):
 same model, split and hyper-parameters (10% warmup + linear decay, wd 0.01, max_length 128, dynamic padding,
 random batches, best epoch by dev accuracy):
