@@ -15,7 +15,7 @@ EXTRAS  := test$(if $(EXTRA),$(comma)$(EXTRA),)
 NEWEST_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
                    $(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
 VENV_NEWEST   ?= .venv-newest
-NEWEST_TESTS  := tests/test_model_parity.py tests/test_attention.py tests/test_new_encoders.py tests/test_imports.py
+NEWEST_TESTS  := tests/test_model_parity.py tests/test_attention.py tests/test_dropout.py tests/test_new_encoders.py tests/test_imports.py
 
 .PHONY: install run test test-newest
 install: $(VENV)/.installed
