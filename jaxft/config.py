@@ -451,7 +451,8 @@ def _check_ner(config) -> None:
     _positive(config, "ner.crf_lr_ratio")
     if config.task != TOKEN_CLASSIFICATION or not ner.crf:
         return
-    conflicts = [(config.data.packing, "data.packing=True (a CRF chain is one sentence per row)"),
+    conflicts = [(config.data.packing, "data.packing=True (a CRF chain is one sentence per row; configs/ner_crf.py "
+                                          "sets data.packing=False, or add --config.data.packing=False)"),
                  (ner.label_all_subtokens, "ner.label_all_subtokens=True (the CRF tags words at their first "
                                            "sub-token)"),
                  (config.train.label_smoothing > 0, "train.label_smoothing > 0 (it smooths softmax targets)"),

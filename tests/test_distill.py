@@ -287,7 +287,7 @@ def test_config_errors(tmp_path, base4, small_ner_file):
         ({"distill.layer_choice": "odd"}, "distill.layer_choice must be one of every_other, first, spread"),
         ({"distill.teacher": str(tmp_path / "none")}, "is not an export folder"),
         ({"distill.unlabelled_file": str(small_ner_file)}, "distill.teacher is not"),
-        ({"distill.teacher": str(base4), "ner.crf": True}, "does not go with ner.crf"),
+        ({"distill.teacher": str(base4), "ner.crf": True, "data.packing": False}, "does not go with ner.crf"),
     ]:
         with pytest.raises(ConfigError, match=message):
             validate(config(**overrides))

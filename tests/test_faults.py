@@ -27,6 +27,8 @@ from conftest import make_tiny_bert
 
 REPO = Path(__file__).parent.parent
 SEED = 20261128
+# Length-bucketed rows (data.packing=False), so the step arithmetic below counts sentence batches; a killed
+# and resumed run of the packed default is tests/test_ner_job.py's.
 TOTAL_STEPS = 36      # 140 training sentences / batch 8 = 18 steps an epoch, 2 epochs
 CHECKPOINT_EVERY = 3
 EVAL_STEPS = (18, 36)
@@ -37,8 +39,8 @@ KILLS = {"targeted": 0, "timed": 0, "sigterm": 0}   # kill points that really la
 def train_command(workdir, model, data, *extra):
     return [sys.executable, "-m", "jaxft.main", "--config", str(REPO / "configs" / "ner.py"), "--workdir", str(workdir),
             f"--config.model.name_or_path={model}", f"--config.data.train_file={data}",
-            "--config.data.max_length=64", "--config.train.batch_size=8", "--config.train.num_epochs=2",
-            "--config.optim.learning_rate=1e-3", "--config.train.progress_bar=False",
+            "--config.data.max_length=64", "--config.data.packing=False", "--config.train.batch_size=8",
+            "--config.train.num_epochs=2", "--config.optim.learning_rate=1e-3", "--config.train.progress_bar=False",
             f"--config.train.checkpoint_every={CHECKPOINT_EVERY}", "--config.train.log_every=5", *extra]
 
 

@@ -136,8 +136,8 @@ def trained(tmp_path_factory, tiny_bert):
 
     root = tmp_path_factory.mktemp("ner-crf")
     data = write_corpus(root / "synthetic.conll", 300)
-    config = tiny_ner_config(tiny_bert, data, **{"ner.crf": True, "train.num_epochs": 4, "data.max_length": 32,
-                                                 "optim.learning_rate": 3e-3})
+    config = tiny_ner_config(tiny_bert, data, **{"ner.crf": True, "data.packing": False, "train.num_epochs": 4,
+                                                 "data.max_length": 32, "optim.learning_rate": 3e-3})
     results = run(config, root / "run")
     return root / "run", results, config
 
@@ -235,3 +235,13 @@ def test_ensemble_and_explain_decode_with_the_crf(trained):
     explained = Explainer.from_pretrained(export).explain(" ".join(sentences[0]), method="gxi")
     assert explained["prediction"]["tags"] == single[0].tags
     assert [e["target"]["entity"]["type"] for e in explained["explanations"]] == ["PER", "ORG", "LOC"]
+
+
+def test_the_crf_recipe_keeps_length_buckets_where_the_ner_default_packs():
+    import jaxft
+    from jaxft.config import ConfigError, validate
+
+    assert jaxft.recipe("ner").data.packing and not jaxft.recipe("ner_crf").data.packing
+    validate(jaxft.recipe("ner_crf"))
+    with pytest.raises(ConfigError, match="configs/ner_crf.py sets data.packing=False"):
+        validate(jaxft.recipe("ner", {"ner.crf": True}))

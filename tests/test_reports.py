@@ -201,7 +201,7 @@ def capture_log(name: str):
 def test_progress_log_train_lines_with_epoch_lr_throughput_and_eta(tmp_path):
     clock = Clock()
     logger, lines = capture_log("test.progress.train")
-    progress = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=40, predict_rows=64, log=logger,
+    progress = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=40, count_predict_batches=lambda rows: -(-len(rows) // 64), log=logger,
                            clock=clock)
     with MetricsWriter(tmp_path) as writer:
         writer.add_listener(progress.record_written)
@@ -217,11 +217,11 @@ def test_progress_log_train_lines_with_epoch_lr_throughput_and_eta(tmp_path):
 def test_progress_log_leaves_train_lines_to_the_bar_and_resumes_from_its_step(tmp_path):
     clock = Clock()
     logger, lines = capture_log("test.progress.bar")
-    quiet = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=10, predict_rows=None, train_lines=False,
+    quiet = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=10, count_predict_batches=None, train_lines=False,
                         log=logger, clock=clock)
     quiet.record_written(10, "train", {"loss": 1.0})
     assert lines == []
-    resumed = ProgressLog(total_steps=100, start_step=50, steps_per_epoch=10, predict_rows=None, log=logger,
+    resumed = ProgressLog(total_steps=100, start_step=50, steps_per_epoch=10, count_predict_batches=None, log=logger,
                           clock=clock)
     clock.now = 5.0
     resumed.record_written(60, "train", {"loss": 1.0})
@@ -231,7 +231,7 @@ def test_progress_log_leaves_train_lines_to_the_bar_and_resumes_from_its_step(tm
 def test_progress_log_shows_evaluation_progress():
     clock = Clock()
     logger, lines = capture_log("test.progress.eval")
-    progress = ProgressLog(total_steps=10, start_step=0, steps_per_epoch=10, predict_rows=64, log=logger,
+    progress = ProgressLog(total_steps=10, start_step=0, steps_per_epoch=10, count_predict_batches=lambda rows: -(-len(rows) // 64), log=logger,
                            clock=clock, every_seconds=10.0)
     hooks = EvalProgressHooks(NO_HOOKS, progress)
 

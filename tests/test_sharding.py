@@ -13,6 +13,9 @@ from conftest import free_port
 REPO = Path(__file__).parent.parent
 STEPS = 20
 LOSS_TOLERANCE = 1e-5
+# The NER default packs rows: 16 sentences of small.conll fill 8 rows of 64 tokens, a multiple of every mesh's
+# data x fsdp below, so each mesh trains on the single device's batches (rows are rounded up to that multiple)
+BATCH = 16
 
 
 def train(workdir, model, data, devices, mesh=(None, None, None), max_steps=STEPS, *extra):
@@ -20,7 +23,7 @@ def train(workdir, model, data, devices, mesh=(None, None, None), max_steps=STEP
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     command = [sys.executable, "-m", "jaxft.main", "--config", "configs/ner.py", "--workdir", str(workdir),
                f"--config.model.name_or_path={model}", f"--config.data.train_file={data}",
-               "--config.data.max_length=64", "--config.train.batch_size=8", f"--config.train.max_steps={max_steps}",
+               "--config.data.max_length=64", f"--config.train.batch_size={BATCH}", f"--config.train.max_steps={max_steps}",
                "--config.train.log_every=1", "--config.train.eval_every=10", "--config.optim.learning_rate=1e-3",
                "--config.train.progress_bar=False", *extra]
     for axis, size in zip(("data", "fsdp", "tensor"), mesh):
@@ -98,7 +101,7 @@ def test_two_processes_on_localhost_match_one_process(single_device, tiny_bert, 
     for process_id in range(2):
         command = [sys.executable, "-m", "jaxft.main", "--config", "configs/ner.py", "--workdir", str(tmp_path),
                    f"--config.model.name_or_path={tiny_bert}", f"--config.data.train_file={small_ner_file}",
-                   "--config.data.max_length=64", "--config.train.batch_size=8", f"--config.train.max_steps={STEPS}",
+                   "--config.data.max_length=64", f"--config.train.batch_size={BATCH}", f"--config.train.max_steps={STEPS}",
                    "--config.train.log_every=1", "--config.train.eval_every=10", "--config.optim.learning_rate=1e-3",
                    "--config.train.progress_bar=False", "--config.mesh.distributed=True",
                    f"--config.mesh.coordinator_address=127.0.0.1:{port}", "--config.mesh.num_processes=2",

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxft.models.dropout import drop, keep_mask
+from jaxft.models.dropout import drop
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 
@@ -270,9 +270,11 @@ def _grouped_bias(bias, kv_heads, groups):
 
 
 def _drop_probabilities(probs, rate, rng):
+    """Dropout on grouped [B, K, G, Q, T] probabilities with the mask of their [B, K * G, Q, T] view, the one
+    masked_attention draws for the same heads."""
     batch, kv_heads, groups, queries, keys = probs.shape
-    keep = keep_mask(rng, rate, (batch, kv_heads * groups, queries, keys)).reshape(probs.shape)
-    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+    heads_view = probs.reshape(batch, kv_heads * groups, queries, keys)
+    return drop(heads_view, rate, rng).reshape(probs.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------

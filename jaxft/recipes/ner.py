@@ -46,4 +46,5 @@ def get_config():
     config.train.batch_size = 32
     config.train.num_epochs = 10
     config.data.max_length = 128
+    config.data.packing = True        # 8 rows x 128 tokens a step, one compiled shape; see the seeds table
     return config

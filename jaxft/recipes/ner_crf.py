@@ -22,4 +22,5 @@ from jaxft.recipes.ner import get_config as ner_config
 def get_config():
     config = ner_config()
     config.ner.crf = True
+    config.data.packing = False       # a CRF chain is one sentence per row: length buckets
     return config

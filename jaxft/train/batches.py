@@ -7,6 +7,7 @@ A plan's batches come out as host arrays shaped [grad_accum_steps, rows, length]
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -44,6 +45,10 @@ class PaddedBatches:
     def predict(self, fn, rows, per_token: bool) -> list:
         return batching.map_batches(fn, rows, self.batch_size * 2, self.buckets, self.pad_values,
                                     per_token=per_token)
+
+    def count_predict_batches(self, rows) -> int:
+        """How many calls of fn predict(fn, rows, ...) makes."""
+        return math.ceil(len(rows) / (self.batch_size * 2))
 
     def describe(self) -> str:
         return (f"train batches: {self.batch_size} rows x length buckets {self.buckets} (at most "
@@ -84,6 +89,12 @@ class PackedBatches:
             raise ValueError("packed evaluation needs per-token outputs; use data.packing=False for this task")
         return batching.map_packed(fn, rows, self.rows_per_batch * 2, self.pack_length, self.pad_values,
                                    self.position_offset)
+
+    def count_predict_batches(self, rows) -> int:
+        """How many calls of fn predict(fn, rows, ...) makes (the rows packed as map_packed packs them)."""
+        lengths = [len(row["input_ids"]) for row in rows]
+        return len(batching.packed_epoch(lengths, self.rows_per_batch * 2, self.pack_length, seed=0, epoch=0,
+                                         shuffle=False))
 
 
 def plan_batches(rows, data_config, train_config, pad_values, position_offset: int, row_multiple: int):

@@ -10,7 +10,7 @@ import numbers
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -207,10 +207,12 @@ class ProgressLog:
     after_eval_batch hook, every `every_seconds` while an evaluation runs. The eta is the remaining steps
     at the pace since the first line (the first line's pace includes compilation)."""
 
-    def __init__(self, *, total_steps: int, start_step: int, steps_per_epoch: int, predict_rows: int | None,
+    def __init__(self, *, total_steps: int, start_step: int, steps_per_epoch: int,
+                 count_predict_batches: Callable[[Sequence], int] | None,
                  train_lines: bool = True, log: logging.Logger | None = None, every_seconds: float = 10.0,
                  clock: Callable[[], float] = time.monotonic):
-        self.total_steps, self.steps_per_epoch, self.predict_rows = total_steps, max(1, steps_per_epoch), predict_rows
+        self.total_steps, self.steps_per_epoch = total_steps, max(1, steps_per_epoch)
+        self.count_predict_batches = count_predict_batches
         self.train_lines, self.every_seconds, self.clock = train_lines, every_seconds, clock
         self.log = log or logging.getLogger("jaxft.train")
         self._origin = (clock(), start_step)   # pace of the first line: since the run (re)started
@@ -221,10 +223,10 @@ class ProgressLog:
     def attach(cls, trainer, task, *, train_lines: bool, **options) -> "ProgressLog":
         """Wire one into a Trainer (after restore_latest, so the start step is known) and its task: train
         lines from trainer.metrics, evaluation progress from task.evaluate and the after_eval_batch hook."""
-        predict_rows = None if getattr(trainer.batches, "packed", False) else 2 * trainer.train_cfg.batch_size
         progress = cls(total_steps=trainer.total_steps, start_step=int(trainer.state["step"]),
-                       steps_per_epoch=len(trainer.batches.epoch(0)), predict_rows=predict_rows,
-                       train_lines=train_lines, **options)  # PaddedBatches.predict: 2 x batch_size rows a batch
+                       steps_per_epoch=len(trainer.batches.epoch(0)),
+                       count_predict_batches=trainer.batches.count_predict_batches, train_lines=train_lines,
+                       **options)
         trainer.metrics.add_listener(progress.record_written)
         trainer.hooks = EvalProgressHooks(trainer.hooks, progress)
         task.evaluate = progress.watch(task.evaluate)
@@ -262,7 +264,7 @@ class ProgressLog:
             self._eval = {"split": split, "batches": 0, "total": None, "started": started, "last": started}
 
             def counted(rows, *args, **kwargs):
-                total = math.ceil(len(rows) / self.predict_rows) if self.predict_rows and rows else None
+                total = self.count_predict_batches(rows) if self.count_predict_batches and rows else None
                 self._eval["total"] = total
                 self.log.info("evaluating %s: %s rows%s", split, f"{len(rows):,}",
                               f" in {total} batches" if total else "")
