@@ -124,7 +124,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sort_window_batches": Key(50, "train batches sorted by length within windows of this many batches (less "
                                        "padding); 1: plain random batches, as a shuffled DataLoader", resume=True),
         "packing": Key(False, "pack several short examples into each row (train and eval)", resume=True),
-        "pack_length": _optional(int, "packed row length; None: data.max_length", resume=True),
+        "pack_length": _optional(int, "packed row length; None: the longest training example rounded up to "
+                                           "data.bucket_multiple, at most data.max_length", resume=True),
     },
     "ner": {
         "tag_scheme": Key("auto", "tag scheme of the data (converted to IOB2); auto detects it", TAG_SCHEMES,
@@ -431,7 +432,8 @@ def _check_data(config) -> None:
     if data.bucket_multiple is not None and data.bucket_multiple <= 0:
         raise ConfigError(f"data.bucket_multiple must be > 0 (or None: by backend), got {data.bucket_multiple}")
     if data.pack_length is not None and data.pack_length <= 0:
-        raise ConfigError(f"data.pack_length must be > 0 (or None: data.max_length), got {data.pack_length}")
+        raise ConfigError(f"data.pack_length must be > 0 (or None: fitted to the training examples), got "
+                          f"{data.pack_length}")
     for key in FILE_KEYS:
         _file_exists(config, key)
     if data.label_names:  # jaxft.api casts the objects' integer columns to ClassLabel(names) and clears it

@@ -87,3 +87,36 @@ def test_packed_run_compiles_one_train_shape(tiny_bert, small_ner_file, tmp_path
     assert results["compilations"]["train_step"] == 1
     assert results["compilations"]["predict_step"] == 1
     assert 0.0 <= results["test"]["f1"] <= 1.0
+
+
+def test_packed_rows_fit_the_longest_training_example():
+    from jaxft.train.batches import PackedBatches, packed_row_length
+
+    assert packed_row_length([31, 68, 20], max_length=128, multiple=16) == 80
+    assert packed_row_length([64], max_length=128, multiple=16) == 64
+    assert packed_row_length([100], max_length=96, multiple=16) == 96  # never past max_length
+    assert packed_row_length([31, 68], max_length=128, multiple=128) == 128  # the GPU/TPU multiple
+
+    rng = np.random.default_rng(4)
+    train = [{"input_ids": rng.integers(3, 90, n).astype(np.int32), "labels": np.zeros(n, np.int32)}
+             for n in rng.integers(5, 41, 60)]  # at most 40 tokens: rows of 48
+    plan = PackedBatches(train, batch_size=16, accum=1, pack_length=None, max_length=128, length_multiple=16,
+                         pad_values=PAD, seed=0, position_offset=0)
+    assert plan.pack_length == 48
+    assert plan.rows_per_batch == int(np.ceil(16 * np.mean([len(r["input_ids"]) for r in train]) / 48))
+    assert plan.collate(plan.epoch(0)[0])["input_ids"].shape == (1, plan.rows_per_batch, 48)
+    explicit = PackedBatches(train, batch_size=16, accum=1, pack_length=128, max_length=128, length_multiple=16,
+                             pad_values=PAD, seed=0, position_offset=0)
+    assert explicit.pack_length == 128
+
+    # Predicted examples longer than any trained one get rows long enough for them (here 100 -> 112).
+    predicted = train[:5] + [{"input_ids": np.arange(3, 103, dtype=np.int32), "labels": np.zeros(100, np.int32)}]
+    shapes = []
+
+    def echo(batch):
+        shapes.append(batch["input_ids"].shape)
+        return batch["input_ids"]
+
+    outputs = plan.predict(echo, predicted, per_token=True)
+    assert {shape[1] for shape in shapes} == {112} and len(shapes) == plan.count_predict_batches(predicted)
+    assert all(np.array_equal(out, row["input_ids"]) for out, row in zip(outputs, predicted))

@@ -267,7 +267,7 @@ class ProgressLog:
                 total = self.count_predict_batches(rows) if self.count_predict_batches and rows else None
                 self._eval["total"] = total
                 self.log.info("evaluating %s: %s rows%s", split, f"{len(rows):,}",
-                              f" in {total} batches" if total else "")
+                              f" in {total} batch{'es' if total > 1 else ''}" if total else "")
                 return predict_batches(rows, *args, **kwargs)
 
             try:
